@@ -1,0 +1,232 @@
+"""The run configuration: one flat, typed, frozen dataclass.
+
+Every key a user can write in a config JSON is a field here, with its default.
+`load_config` turns JSON + `--set` overrides into a validated `Config`, raising
+`ConfigError` (a one-line message naming the key) for anything wrong, before any
+JAX work happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from jaxlm.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """All knobs of a run. The seed's keys keep their names and meaning."""
+
+    # --- the seed's keys ---
+    description: str = ""
+    dataset: str = "tinystories-sample"
+    vocab_size: int = 10000
+    context_length: int = 256
+    d_model: int = 512
+    num_layers: int = 4
+    num_heads: int = 16
+    d_ff: Optional[int] = 1344
+    rope_theta: float = 10000.0
+    batch_size: int = 32
+    max_iterations: int = 5000
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-4
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    train_data_path: Optional[str] = None
+    val_data_path: Optional[str] = None
+    device: Optional[Literal["cpu", "gpu", "tpu"]] = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    seed: int = 0
+    log_interval: int = 10
+    eval_interval: int = 500
+    checkpoint_interval: int = 1000
+
+    # --- training details ---
+    eval_batches: int = 20
+    cosine_cycle_iters: Optional[int] = None  # default: max_iterations
+    adam_eps: float = 1e-8
+    sample_tokens: int = 96
+    sample_prompt: str = "Once upon a time"
+
+    # --- architecture ablations (CS336 section 7); defaults are the baseline ---
+    norm: Literal["rmsnorm", "none"] = "rmsnorm"
+    norm_position: Literal["pre", "post"] = "pre"
+    position_embedding: Literal["rope", "none"] = "rope"
+    ffn: Literal["swiglu", "silu"] = "swiglu"
+    tie_embeddings: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        """d_ff, or the CS336 default for the chosen FFN when d_ff is null."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.ffn == "silu":
+            return 4 * self.d_model
+        return max(64, int(round(8 * self.d_model / 3 / 64)) * 64)
+
+    @property
+    def schedule_end(self) -> int:
+        return self.cosine_cycle_iters if self.cosine_cycle_iters is not None else self.max_iterations
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.context_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+POSITIVE_INT_KEYS = (
+    "vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
+    "max_iterations", "log_interval", "eval_interval", "checkpoint_interval", "eval_batches",
+)
+POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps")
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check `value` against the field's type; ints are accepted for floats."""
+    hint, optional = _unwrap_optional(_HINTS[key])
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}': must not be null")
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a new field type nobody taught _coerce
+        raise AssertionError(f"unsupported field type {hint} for {key}")
+    raise ConfigError(f"config key '{key}': expected {hint.__name__}, got {type(value).__name__} {value!r}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` from the CLI; the value is typed by the field (JSON where it parses)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    _check_known(key)
+    hint, _ = _unwrap_optional(_HINTS[key])
+    if raw in ("null", "None"):
+        return key, None
+    if hint is str or (typing.get_origin(hint) is Literal and all(isinstance(c, str) for c in typing.get_args(hint))):
+        return key, raw
+    if hint is bool and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return key, raw.lower() in ("true", "1", "yes")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        raise ConfigError(f"config key '{key}': cannot parse {raw!r} as {getattr(hint, '__name__', hint)}") from None
+
+
+def _check_known(key: str) -> None:
+    if key not in FIELDS:
+        near = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"config key '{key}': unknown key{hint}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a config JSON file into a dict, with one-line errors for the usual mistakes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}': does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file '{path}': invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}': expected a JSON object at the top level")
+    return raw
+
+
+def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """Typed, validated Config from a dict of keys and a dict of overrides."""
+    merged = {**values, **(overrides or {})}
+    kwargs = {}
+    for key, value in merged.items():
+        _check_known(key)
+        kwargs[key] = _coerce(key, value)
+    config = Config(**kwargs)
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Config file + `--set key=value` strings -> validated Config."""
+    parsed = dict(parse_override(o) for o in overrides or [])
+    return build_config(read_config_file(path), parsed)
+
+
+def validate(c: Config) -> None:
+    """Cross-field and range checks; raise ConfigError naming the key."""
+    for key in POSITIVE_INT_KEYS:
+        if getattr(c, key) <= 0:
+            raise ConfigError(f"config key '{key}': must be positive, got {getattr(c, key)}")
+    for key in POSITIVE_FLOAT_KEYS:
+        value = getattr(c, key)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"config key '{key}': must be a positive number, got {value}")
+    if c.d_ff is not None and c.d_ff <= 0:
+        raise ConfigError(f"config key 'd_ff': must be positive, got {c.d_ff}")
+    if c.d_model % c.num_heads:
+        raise ConfigError(f"config key 'd_model': {c.d_model} is not divisible by num_heads={c.num_heads}")
+    if c.position_embedding == "rope" and c.head_dim % 2:
+        raise ConfigError(f"config key 'num_heads': head dimension d_model/num_heads={c.head_dim} must be even for RoPE")
+    if c.warmup_iters < 0:
+        raise ConfigError(f"config key 'warmup_iters': must be >= 0, got {c.warmup_iters}")
+    if c.warmup_iters > c.max_iterations:
+        raise ConfigError(f"config key 'warmup_iters': {c.warmup_iters} exceeds max_iterations={c.max_iterations}")
+    if c.min_learning_rate < 0 or c.min_learning_rate > c.learning_rate:
+        raise ConfigError(
+            f"config key 'min_learning_rate': {c.min_learning_rate} must be in [0, learning_rate={c.learning_rate}]")
+    if c.cosine_cycle_iters is not None and c.cosine_cycle_iters < c.warmup_iters:
+        raise ConfigError(f"config key 'cosine_cycle_iters': {c.cosine_cycle_iters} is below warmup_iters={c.warmup_iters}")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(c, key) < 1:
+            raise ConfigError(f"config key '{key}': must be in [0, 1), got {getattr(c, key)}")
+    if c.weight_decay < 0:
+        raise ConfigError(f"config key 'weight_decay': must be >= 0, got {c.weight_decay}")
+    if c.sample_tokens < 0:
+        raise ConfigError(f"config key 'sample_tokens': must be >= 0, got {c.sample_tokens}")

@@ -1,0 +1,93 @@
+"""Where a run's tokens come from: the bundled sample, a `.txt` (tokenized once into a
+content-keyed cache) or a ready `.npy` token file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from jaxlm.config import Config
+from jaxlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer, train_tokenizer
+from jaxlm.data.tokens import check_text_file, encode_text_file
+from jaxlm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).parent / "tinystories_sample"
+BUNDLED = {"tinystories-sample": (BUNDLED_DIR / "train.txt", BUNDLED_DIR / "valid.txt")}
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    train: Path  # .npy token file
+    val: Path  # .npy token file
+    tokenizer: Path | None  # tokenizer.json, when one is known
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("JAXLM_CACHE_DIR") or Path.home() / ".cache" / "jaxlm")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def source_paths(c: Config) -> tuple[Path, Path]:
+    """The configured train/val paths, or the bundled dataset's when they are null."""
+    if c.train_data_path and c.val_data_path:
+        return Path(c.train_data_path), Path(c.val_data_path)
+    if c.dataset not in BUNDLED:
+        missing = "train_data_path" if not c.train_data_path else "val_data_path"
+        raise DataError(f"config key '{missing}': required (dataset '{c.dataset}' is not bundled; bundled: {', '.join(BUNDLED)})")
+    train, val = BUNDLED[c.dataset]
+    return Path(c.train_data_path or train), Path(c.val_data_path or val)
+
+
+def check_sources(c: Config) -> None:
+    """Fail fast (before anything is written) when a configured data file is missing."""
+    for key, path in zip(("train_data_path", "val_data_path"), source_paths(c)):
+        if not path.is_file():
+            raise DataError(f"config key '{key}': data file '{path}' does not exist")
+        if path.suffix not in (".txt", ".npy"):
+            raise DataError(f"config key '{key}': '{path}' is neither a .txt nor a .npy file")
+
+
+def prepare(c: Config, *, progress: bool = False) -> DataFiles:
+    """Resolve the config's data to token files, training/encoding into the cache as needed."""
+    check_sources(c)
+    train_src, val_src = source_paths(c)
+    if train_src.suffix == ".npy":
+        tok_path = train_src.parent / TOKENIZER_FILE
+        tokenizer = tok_path if tok_path.is_file() else None
+        if val_src.suffix == ".txt":
+            if tokenizer is None:
+                raise DataError(f"config key 'val_data_path': '{val_src}' is text but no {TOKENIZER_FILE} sits beside {train_src}")
+            val_src = _encode_cached(tokenizer, val_src, train_src.parent, progress)
+        return DataFiles(train_src, val_src, tokenizer)
+
+    cache = cache_root() / f"{file_digest(train_src)}-v{c.vocab_size}"
+    tok_path = cache / TOKENIZER_FILE
+    if not tok_path.is_file():
+        check_text_file(train_src)
+        log.info("training a %d-token BPE on %s", c.vocab_size, train_src)
+        tmp = cache / f"tmp-{os.getpid()}"
+        train_tokenizer([train_src], c.vocab_size, tmp)
+        os.replace(tmp / TOKENIZER_FILE, tok_path)
+        tmp.rmdir()
+    train_npy = _encode_cached(tok_path, train_src, cache, progress)
+    val_npy = val_src if val_src.suffix == ".npy" else _encode_cached(tok_path, val_src, cache, progress)
+    return DataFiles(train_npy, val_npy, tok_path)
+
+
+def _encode_cached(tokenizer: Path, text: Path, cache: Path, progress: bool) -> Path:
+    out = cache / f"{text.stem}-{file_digest(text)}.npy"
+    if not out.is_file():
+        encode_text_file(load_tokenizer(tokenizer), text, out, progress=progress)
+    return out

@@ -1,0 +1,58 @@
+"""Byte-level BPE (GPT-2 pre-tokenization) trained and loaded with HF `tokenizers`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from jaxlm.errors import DataError
+
+EOT = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.json"
+log = logging.getLogger(__name__)
+
+
+def _byte_level(tok: Tokenizer) -> Tokenizer:
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train_tokenizer(text_files: Iterable[str | Path], vocab_size: int, out_dir: str | Path) -> Tokenizer:
+    """Train a byte-level BPE with `<|endoftext|>` as a special token; save to out_dir/tokenizer.json."""
+    if vocab_size < 257:
+        raise DataError(f"config key 'vocab_size': byte-level BPE needs at least 257 tokens, got {vocab_size}")
+    tok = _byte_level(Tokenizer(models.BPE()))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train([str(f) for f in text_files], trainer)
+    out = Path(out_dir) / TOKENIZER_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out))
+    log.info("trained BPE tokenizer: %d tokens -> %s", tok.get_vocab_size(), out)
+    return tok
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load `tokenizer.json` (a file, or a directory holding one), or a GPT-2 style
+    `vocab.json` + `merges.txt` pair from a directory."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / TOKENIZER_FILE).is_file():
+            path = path / TOKENIZER_FILE
+        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            tok = _byte_level(Tokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))))
+            tok.add_special_tokens([EOT])
+            return tok
+        else:
+            raise DataError(f"tokenizer '{path}': holds neither {TOKENIZER_FILE} nor vocab.json + merges.txt")
+    return Tokenizer.from_file(str(path))
+
+
+def decode(tok: Tokenizer, ids: list[int]) -> str:
+    """Decode keeping special tokens, so decode(encode(text)) == text."""
+    return tok.decode(ids, skip_special_tokens=False)

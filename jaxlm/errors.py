@@ -1,0 +1,20 @@
+"""Errors a user can cause, and the process exit codes the CLIs map them to.
+
+Each error's message is one line that names what is wrong (a config key, a file).
+"""
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # an unexpected exception inside training
+EXIT_USAGE = 2  # bad config, bad data, bad arguments: nothing was written
+
+
+class UserError(ValueError):
+    """A problem the user can fix; the CLI prints the message and exits with EXIT_USAGE."""
+
+
+class ConfigError(UserError):
+    """A bad config key, value or file."""
+
+
+class DataError(UserError):
+    """A missing, malformed or incompatible data or tokenizer file."""

@@ -1,0 +1,175 @@
+"""The CS336 assignment-1 transformer in Flax NNX, with its section-7 ablation switches.
+
+Weights are stored float32 and cast to the compute dtype at use; norms, softmax
+and logits are computed in float32 whatever the compute dtype. Linear weights
+are kept as (d_in, d_out) so a layer is `x @ W`; export transposes them to the
+PyTorch (out_features, in_features) layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.config import Config
+
+RMS_EPS = 1e-5
+
+
+def truncated_normal(key: jax.Array, shape: tuple[int, ...], std: float) -> jax.Array:
+    """N(0, std^2) truncated at +-3 std, as CS336 initialises weights."""
+    return std * jax.random.truncated_normal(key, -3.0, 3.0, shape, jnp.float32)
+
+
+class Linear(nnx.Module):
+    """Bias-free linear layer, weight (d_in, d_out), sigma^2 = 2 / (d_in + d_out)."""
+
+    def __init__(self, d_in: int, d_out: int, *, dtype: str, rngs: nnx.Rngs):
+        self.weight = nnx.Param(truncated_normal(rngs.params(), (d_in, d_out), math.sqrt(2.0 / (d_in + d_out))))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.astype(self.dtype) @ self.weight[...].astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32, returned in the input's dtype."""
+
+    def __init__(self, d: int):
+        self.weight = nnx.Param(jnp.ones((d,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + RMS_EPS)
+        return (y * self.weight[...]).astype(x.dtype)
+
+
+def apply_rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, theta: float) -> jax.Array:
+    """Rotate adjacent pairs (x[2j], x[2j+1]) by angle pos * theta^(-2j/d)."""
+    d = x_BxTxHxD.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+    angle_TxD2 = positions_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    cos, sin = jnp.cos(angle_TxD2)[None, :, None, :], jnp.sin(angle_TxD2)[None, :, None, :]
+    x32 = x_BxTxHxD.astype(jnp.float32)
+    x1, x2 = x32[..., 0::2], x32[..., 1::2]
+    rotated = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return rotated.reshape(x_BxTxHxD.shape).astype(x_BxTxHxD.dtype)
+
+
+def causal_attention(q_BxTxHxD: jax.Array, k_BxSxHxD: jax.Array, v_BxSxHxD: jax.Array,
+                     q_positions_T: jax.Array, k_positions_S: jax.Array) -> jax.Array:
+    """Softmax attention in float32; query i sees keys whose position <= its own."""
+    scale = 1.0 / math.sqrt(q_BxTxHxD.shape[-1])
+    scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxD, k_BxSxHxD).astype(jnp.float32) * scale
+    mask_TxS = k_positions_S[None, :] <= q_positions_T[:, None]
+    scores_BxHxTxS = jnp.where(mask_TxS, scores_BxHxTxS, -jnp.inf)
+    probs = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxD.dtype)
+    return jnp.einsum("bhts,bshd->bthd", probs, v_BxSxHxD)
+
+
+class Attention(nnx.Module):
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        d = c.d_model
+        self.q_proj = Linear(d, d, dtype=c.dtype, rngs=rngs)
+        self.k_proj = Linear(d, d, dtype=c.dtype, rngs=rngs)
+        self.v_proj = Linear(d, d, dtype=c.dtype, rngs=rngs)
+        self.output_proj = Linear(d, d, dtype=c.dtype, rngs=rngs)
+        self.num_heads = c.num_heads
+        self.rope_theta = c.rope_theta if c.position_embedding == "rope" else None
+
+    def project_qkv(self, x_BxTxD: jax.Array, positions_T: jax.Array):
+        b, t, d = x_BxTxD.shape
+        split = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)
+        q, k, v = split(self.q_proj(x_BxTxD)), split(self.k_proj(x_BxTxD)), split(self.v_proj(x_BxTxD))
+        if self.rope_theta is not None:
+            q, k = apply_rope(q, positions_T, self.rope_theta), apply_rope(k, positions_T, self.rope_theta)
+        return q, k, v
+
+    def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array) -> jax.Array:
+        q, k, v = self.project_qkv(x_BxTxD, positions_T)
+        out = causal_attention(q, k, v, positions_T, positions_T)
+        return self.output_proj(out.reshape(x_BxTxD.shape))
+
+
+class FeedForward(nnx.Module):
+    """SwiGLU `w2(silu(w1 x) * w3 x)`, or the SiLU ablation `w2(silu(w1 x))`."""
+
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        self.w1 = Linear(c.d_model, c.ffn_dim, dtype=c.dtype, rngs=rngs)
+        self.w2 = Linear(c.ffn_dim, c.d_model, dtype=c.dtype, rngs=rngs)
+        self.w3 = Linear(c.d_model, c.ffn_dim, dtype=c.dtype, rngs=rngs) if c.ffn == "swiglu" else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jax.nn.silu(self.w1(x))
+        if self.w3 is not None:
+            h = h * self.w3(x)
+        return self.w2(h)
+
+
+class Identity(nnx.Module):
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
+
+
+def make_norm(c: Config) -> nnx.Module:
+    return RMSNorm(c.d_model) if c.norm == "rmsnorm" else Identity()
+
+
+class Block(nnx.Module):
+    """Pre-norm `x + attn(ln1 x)` then `+ ffn(ln2 .)`, or post-norm `ln(x + f(x))`."""
+
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        self.ln1 = make_norm(c)
+        self.attn = Attention(c, rngs=rngs)
+        self.ln2 = make_norm(c)
+        self.ffn = FeedForward(c, rngs=rngs)
+        self.post_norm = c.norm_position == "post"
+
+    def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array) -> jax.Array:
+        if self.post_norm:
+            z = self.ln1(x_BxTxD + self.attn(x_BxTxD, positions_T))
+            return self.ln2(z + self.ffn(z))
+        h = x_BxTxD + self.attn(self.ln1(x_BxTxD), positions_T)
+        return h + self.ffn(self.ln2(h))
+
+
+class Transformer(nnx.Module):
+    """Token ids (B, T) -> float32 logits (B, T, V)."""
+
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        self.token_embeddings = nnx.Param(truncated_normal(rngs.params(), (c.vocab_size, c.d_model), 1.0))
+        self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.num_layers)])
+        self.ln_final = make_norm(c)
+        self.lm_head = None if c.tie_embeddings else Linear(c.d_model, c.vocab_size, dtype=c.dtype, rngs=rngs)
+        self.dtype = c.dtype
+
+    def embed(self, ids_BxT: jax.Array) -> jax.Array:
+        return jnp.take(self.token_embeddings[...], ids_BxT, axis=0).astype(self.dtype)
+
+    def logits(self, x_BxTxD: jax.Array) -> jax.Array:
+        x = self.ln_final(x_BxTxD)
+        if self.lm_head is None:
+            out = x.astype(self.dtype) @ self.token_embeddings[...].astype(self.dtype).T
+        else:
+            out = self.lm_head(x)
+        return out.astype(jnp.float32)
+
+    def __call__(self, ids_BxT: jax.Array) -> jax.Array:
+        positions_T = jnp.arange(ids_BxT.shape[1])
+        x = self.embed(ids_BxT)
+        for block in self.layers:
+            x = block(x, positions_T)
+        return self.logits(x)
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Mean next-token negative log-likelihood in nats, computed in float32."""
+    logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1))
+
+
+def build_model(c: Config, seed: int | None = None) -> Transformer:
+    return Transformer(c, rngs=nnx.Rngs(c.seed if seed is None else seed))
