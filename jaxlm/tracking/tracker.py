@@ -68,6 +68,11 @@ class ExperimentTracker:
         self._jsonl.flush()
         return row
 
+    def log_sample(self, step: int, prompt: str, text: str) -> None:
+        """Append a generated sample to samples.txt."""
+        with open(self.run_dir / "samples.txt", "a") as f:
+            f.write(f"=== step {step} | prompt: {prompt!r}\n{text}\n\n")
+
     def write_metrics_json(self) -> None:
         train = [r for r in self.rows if r.get("train_loss") is not None]
         val = [r for r in self.rows if r.get("val_loss") is not None]
