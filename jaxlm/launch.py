@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a config key (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--experiment-log", metavar="PATH",
+                   help="markdown log to append this run's entry to (default: EXPERIMENT_LOG.md beside --output-dir)")
+    p.add_argument("--no-experiment-log", action="store_true", help="do not append to the experiment log")
     return p.parse_args(argv)
 
 
@@ -81,13 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     from jaxlm import train
     from jaxlm.tracking import ExperimentTracker
 
-    tracker = ExperimentTracker(name, {"name": name, **config.to_dict()}, args.output_dir)
+    from jaxlm.tracking.explog import default_log_path
+
+    experiment_log = None if args.no_experiment_log else (args.experiment_log or default_log_path(args.output_dir))
+    tracker = ExperimentTracker(name, {"name": name, **config.to_dict()}, args.output_dir,
+                                experiment_log=experiment_log, config_file=args.config, overrides=args.overrides)
     try:
         result = train.run(config, tracker, progress=not args.quiet)
     except UserError as e:
         tracker.finalize(status="failed", error=str(e))
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        tracker.finalize(status="interrupted")
+        print(f"\ninterrupted; run directory: {tracker.run_dir}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:
         tracker.finalize(status="failed", error=f"{type(e).__name__}: {e}")
         raise

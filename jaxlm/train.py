@@ -105,7 +105,8 @@ class Trainer:
         counts = param_counts(c)
         tracker.write_summary(compile_s=self.compile_s, params_total=counts["total"],
                               params_non_embedding=counts["non_embedding"], device_kind=self.device.device_kind,
-                              device_count=1, jax_version=jax.__version__, max_iterations=c.max_iterations)
+                              device_count=1, jax_version=jax.__version__, max_iterations=c.max_iterations,
+                              flops_per_token=flops_per_token(c))
         bar = tqdm(total=c.max_iterations, initial=self.step, desc=tracker.name, disable=not self.progress, unit="step")
         meter = _Meter(c, self.schedule, tracker, bar, self.step)
         best = {"val_loss": math.inf, "step": None}

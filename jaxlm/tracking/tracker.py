@@ -1,21 +1,39 @@
-"""ExperimentTracker: the one writer of a run directory's metrics and summary.
+"""ExperimentTracker: the one writer of a run directory.
 
-Rows go to `metrics.csv` and `metrics.jsonl` and are flushed one by one, so a
-crashed run keeps everything it logged. No JAX here: any training loop can use it.
+Rows go to `metrics.csv` and `metrics.jsonl`, flushed one by one, so a crashed
+run keeps everything it logged. At each eval row (a row with `val_loss`) and at
+the end it rewrites `metrics.json`, `loss_curves.png` and `lr_schedule.png`, so a
+running or crashed run already has them. TensorBoard events are written as rows
+arrive. `finalize` writes the final summary, the TensorBoard hparams and one
+EXPERIMENT_LOG.md entry. No JAX here: any training loop (even a PyTorch one) can
+use it.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime as dt
 import json
+import logging
 import math
 import os
+import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
+
+from jaxlm.tracking import explog, plots
+from jaxlm.tracking.mfu import model_flops_utilization, peak_flops
+from jaxlm.tracking.runs import read_rows
+
+log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("step", "tokens", "wallclock_s", "train_loss", "val_loss", "val_perplexity", "val_bpb",
                   "learning_rate", "grad_norm", "tokens_per_sec", "mfu")
+STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+# keys config.json holds besides the config itself
+META_KEYS = ("name", "jaxlm_version", "git_commit", "git_dirty", "start_time", "config_file", "overrides")
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -26,66 +44,282 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _clean(value: Any) -> Any:
+    """Non-finite floats become "nan"/"inf" strings: JSON has no literal for them."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
 
 
-class ExperimentTracker:
-    """Writes `<output_dir>/<name>/`: config.json, metrics.csv/.jsonl/.json, summary.json."""
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A dict from a dict, a dataclass (jaxlm Config, ExperimentConfig) or any object with attributes."""
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if isinstance(config, dict):
+        return dict(config)
+    return {k: v for k, v in vars(config).items() if not k.startswith("_")}
 
-    def __init__(self, name: str, config: dict[str, Any], output_dir: str | Path = "runs"):
-        self.name = name
-        self.config = dict(config)
-        self.run_dir = Path(output_dir) / name
+
+def run_metadata() -> dict[str, Any]:
+    """jaxlm version, the git commit of the current working tree (when there is one), start time."""
+    try:
+        from importlib.metadata import version
+
+        jaxlm_version = version("jaxlm")
+    except Exception:
+        jaxlm_version = "unknown"
+    commit, dirty = None, None
+    try:
+        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = git("rev-parse", "HEAD").strip() or None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"jaxlm_version": jaxlm_version, "git_commit": commit, "git_dirty": dirty,
+            "start_time": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def _safely(what: str, fn: Callable[[], Any]) -> None:
+    """Plots, TensorBoard and the log are records, not the run: a failure there is logged, never raised."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not write %s: %s: %s", what, type(e).__name__, e)
+
+
+class ExperimentTracker:
+    """Writes `<output_dir>/<name>/`. Use `ExperimentTracker.resume(run_dir, step)` to continue a run."""
+
+    def __init__(self, name: str | None = None, config: Any = None, output_dir: str | Path = "runs", *,
+                 experiment_name: str | None = None, tensorboard: bool = True, make_plots: bool = True,
+                 experiment_log: str | Path | None = None, config_file: str | None = None,
+                 overrides: Sequence[str] = (), resume_from_step: int | None = None):
+        self.name = name or experiment_name
+        if not self.name:
+            raise ValueError("ExperimentTracker needs a name")
+        self.run_dir = Path(output_dir) / self.name
+        self.make_plots = make_plots
+        self.experiment_log = Path(experiment_log) if experiment_log is not None else None
+        self.config_file, self.overrides = config_file, list(overrides)
+        self.start_time = time.time()
+        self.wallclock_offset = 0.0  # seconds already trained before a resume
+        self.last_refresh_s = 0.0  # how long the last plots + metrics.json refresh took
+        self._closed = False
+        if resume_from_step is None:
+            self._start_new(config)
+        else:
+            self._reopen(config, resume_from_step)
+        self.tb = None
+        if tensorboard:
+            purge = None if resume_from_step is None else resume_from_step + 1
+            try:
+                from jaxlm.tracking.tensorboard import TensorBoardLog
+
+                self.tb = TensorBoardLog(self.run_dir, purge_step=purge, segment=int(self.summary.get("resumes") or 0))
+            except ImportError as e:
+                log.warning("TensorBoard logging off: %s", e)
+        self.write_summary()
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, from_step: int, config: Any = None, **kwargs: Any) -> "ExperimentTracker":
+        """Reopen `run_dir` for a run restored at `from_step`: rows after it are dropped, logging appends,
+        TensorBoard hides its stale events, wall-clock continues from the last kept row."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"'{run_dir}' has no config.json: not a run directory to resume")
+        return cls(run_dir.name, config, run_dir.parent, resume_from_step=from_step, **kwargs)
+
+    # --- opening ---------------------------------------------------------------------------------
+
+    def _start_new(self, config: Any) -> None:
+        self.config = config_to_dict(config)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
-        self.start_time = time.time()
-        write_json(self.run_dir / "config.json", self.config)
-        self._csv_file = open(self.run_dir / "metrics.csv", "w", newline="")
+        meta = {"name": self.name, **run_metadata(), "config_file": self.config_file, "overrides": self.overrides}
+        write_json(self.run_dir / "config.json", {**self.config, **meta})
+        self._open_metric_files("w")
+        self.summary: dict[str, Any] = {"name": self.name, "description": self.config.get("description", ""),
+                                        "status": "running", "start_time": meta["start_time"]}
+
+    def _reopen(self, config: Any, from_step: int) -> None:
+        stored = json.loads((self.run_dir / "config.json").read_text())
+        self.config = config_to_dict(config) or {k: v for k, v in stored.items() if k not in META_KEYS}
+        self.rows = [r for r in read_rows(self.run_dir) if int(r["step"]) <= from_step]
+        if self.rows:
+            self.wallclock_offset = float(plots.as_float(self.rows[-1].get("wallclock_s")) or 0.0)
+        self._open_metric_files("w")  # rewrite the kept rows, then append
+        for row in self.rows:
+            self._write_row(row)
+        self._trim_samples(from_step)
+        summary_path = self.run_dir / "summary.json"
+        self.summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"name": self.name}
+        self.summary.update(status="running", resumed_from_step=from_step,
+                            resumes=int(self.summary.get("resumes") or 0) + 1)
+        for stale in ("error", "end_time"):
+            self.summary.pop(stale, None)
+        self.write_metrics_json()
+
+    def _open_metric_files(self, mode: str) -> None:
+        self._csv_file = open(self.run_dir / "metrics.csv", mode, newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         self._csv.writeheader()
         self._csv_file.flush()
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "w")
-        self.summary: dict[str, Any] = {"name": name, "description": self.config.get("description", ""),
-                                        "status": "running"}
-        self.write_summary()
+        self._jsonl = open(self.run_dir / "metrics.jsonl", mode)
+
+    def _trim_samples(self, from_step: int) -> None:
+        path = self.run_dir / "samples.txt"
+        if not path.is_file():
+            return
+        kept = [e for e in path.read_text().split("=== step ")[1:] if int(e.split(" ", 1)[0]) <= from_step]
+        path.write_text("".join("=== step " + e for e in kept))
+
+    # --- logging ---------------------------------------------------------------------------------
 
     def log_step(self, step: int, train_loss: float | None = None, val_loss: float | None = None,
                  learning_rate: float | None = None, tokens_per_sec: float | None = None, **extra: Any) -> dict:
-        """Append one row (missing columns stay empty) and flush it to disk."""
-        row: dict[str, Any] = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
+        """Append one row (missing columns stay empty) and flush it; an eval row refreshes plots and metrics.json.
+
+        `wallclock_s` counts from the start of training (the caller's clock when given, plus the time
+        trained before a resume); `tokens`, `val_perplexity` and `mfu` are filled in when they can be."""
+        row: dict[str, Any] = {"step": int(step), "train_loss": train_loss, "val_loss": val_loss,
                                "learning_rate": learning_rate, "tokens_per_sec": tokens_per_sec, **extra}
-        if val_loss is not None and "val_perplexity" not in extra:
-            row["val_perplexity"] = math.exp(min(val_loss, 700.0))
-        if "wallclock_s" not in row:
-            row["wallclock_s"] = time.time() - self.start_time
-        row = {k: _clean(v) for k, v in row.items()}
+        if val_loss is not None and row.get("val_perplexity") is None:
+            row["val_perplexity"] = math.exp(min(float(val_loss), 700.0))
+        wall = row.get("wallclock_s")
+        row["wallclock_s"] = (time.time() - self.start_time if wall is None else float(wall)) + self.wallclock_offset
+        if row.get("tokens") is None:
+            tokens_per_step = self._tokens_per_step()
+            row["tokens"] = step * tokens_per_step if tokens_per_step else None
+        if row.get("mfu") is None:
+            s = self.summary
+            peak = s.get("peak_flops_per_device") or peak_flops(s.get("device_kind"))
+            row["mfu"] = model_flops_utilization(tokens_per_sec, s.get("flops_per_token"), peak, s.get("device_count"))
+        ordered = {k: row.get(k) for k in METRIC_COLUMNS}
+        ordered.update({k: v for k, v in row.items() if k not in ordered})
+        row = {k: _clean(v) for k, v in ordered.items()}
         self.rows.append(row)
+        self._write_row(row)
+        if self.tb is not None:
+            _safely("TensorBoard scalars", lambda: self.tb.log_row(row))
+        if val_loss is not None:
+            self.refresh()
+        return row
+
+    def _write_row(self, row: dict[str, Any]) -> None:
         self._csv.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
         self._csv_file.flush()
         self._jsonl.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
         self._jsonl.flush()
-        return row
+
+    def _tokens_per_step(self) -> int | None:
+        c = self.config
+        if isinstance(c.get("batch_size"), int) and isinstance(c.get("context_length"), int):
+            return c["batch_size"] * c["context_length"]
+        return None
 
     def log_sample(self, step: int, prompt: str, text: str) -> None:
-        """Append a generated sample to samples.txt."""
+        """Append a generated sample to samples.txt (and TensorBoard's Text tab)."""
         with open(self.run_dir / "samples.txt", "a") as f:
             f.write(f"=== step {step} | prompt: {prompt!r}\n{text}\n\n")
+        if self.tb is not None:
+            _safely("TensorBoard text", lambda: self.tb.log_sample(step, prompt, text))
 
     def write_metrics_json(self) -> None:
         train = [r for r in self.rows if r.get("train_loss") is not None]
         val = [r for r in self.rows if r.get("val_loss") is not None]
         write_json(self.run_dir / "metrics.json", {"train": train, "val": val})
 
+    def refresh(self) -> None:
+        """Rewrite metrics.json and the two plots from every row so far; flush TensorBoard."""
+        t0 = time.perf_counter()
+        self.write_metrics_json()
+        if self.make_plots:
+            self.write_plots()
+        if self.tb is not None:
+            _safely("TensorBoard flush", self.tb.flush)
+        self.last_refresh_s = time.perf_counter() - t0
+        log.debug("refreshed plots and metrics.json in %.3fs", self.last_refresh_s)
+
+    def write_plots(self) -> None:
+        description = self.summary.get("description") or self.config.get("description") or ""
+        title = f"{self.name}: {description}" if description else self.name
+        _safely("loss_curves.png", lambda: plots.plot_loss_curves(self.rows, self.run_dir / "loss_curves.png", title))
+        _safely("lr_schedule.png", lambda: plots.plot_lr_schedule(
+            self.config, self.rows, self.run_dir / "lr_schedule.png", f"{self.name}: learning rate"))
+
     def write_summary(self, **fields: Any) -> None:
         self.summary.update({k: _clean(v) for k, v in fields.items()})
         write_json(self.run_dir / "summary.json", self.summary)
 
+    # --- the end ---------------------------------------------------------------------------------
+
+    def results_from_rows(self) -> dict[str, Any]:
+        """Summary fields as the rows give them (a caller of `finalize` may pass better ones)."""
+        if not self.rows:
+            return {}
+        last = self.rows[-1]
+        val_rows = [r for r in self.rows if plots.as_float(r.get("val_loss")) is not None]
+        finite_val = [r for r in val_rows if math.isfinite(plots.as_float(r["val_loss"]))]
+        best = min(finite_val, key=lambda r: plots.as_float(r["val_loss"])) if finite_val else None
+        train = [r["train_loss"] for r in self.rows if r.get("train_loss") is not None]
+        speeds = [r["tokens_per_sec"] for r in self.rows if isinstance(r.get("tokens_per_sec"), (int, float))]
+        mfus = [r["mfu"] for r in self.rows if isinstance(r.get("mfu"), (int, float))]
+        out = {"steps": last["step"], "tokens": last.get("tokens"), "wallclock_s": last.get("wallclock_s"),
+               "final_train_loss": train[-1] if train else None,
+               "best_val_loss": best["val_loss"] if best else None, "best_val_step": best["step"] if best else None,
+               "mean_tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
+               "mfu": sum(mfus) / len(mfus) if mfus else None}
+        if val_rows:
+            v = val_rows[-1]
+            out.update(final_val_loss=v["val_loss"], final_val_perplexity=v.get("val_perplexity"),
+                       final_val_bpb=v.get("val_bpb"))
+        return out
+
     def finalize(self, status: str = "completed", **fields: Any) -> dict[str, Any]:
-        """Close the files and write the final metrics.json and summary.json."""
-        self.write_metrics_json()
-        self.write_summary(status=status, **fields)
+        """Close the run: summary.json with `status`, final metrics.json, plots, TensorBoard hparams and
+        an EXPERIMENT_LOG.md entry. A second call only updates summary.json."""
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+        if self._closed:
+            self.write_summary(status=status, **fields)
+            return self.summary
+        self._closed = True
+        if fields.get("wallclock_s") is not None:
+            fields["wallclock_s"] = float(fields["wallclock_s"]) + self.wallclock_offset
+        derived = self.results_from_rows()
+        merged = {**derived, **{k: v for k, v in fields.items() if v is not None}}
+        for key in ("best_val_loss", "best_val_step"):  # every row counts, not just those since a resume
+            if derived.get("best_val_loss") is not None:
+                merged[key] = derived[key]
+        if isinstance(merged.get("best_val_loss"), float) and not math.isfinite(merged["best_val_loss"]):
+            merged["best_val_loss"] = merged["best_val_step"] = None  # no eval ever ran
+        self.write_summary(status=status, end_time=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                           **merged)
         self._csv_file.close()
         self._jsonl.close()
+        self.refresh()
+        if self.tb is not None:
+            step = int(self.rows[-1]["step"]) if self.rows else 0
+            _safely("TensorBoard hparams", lambda: self.tb.log_hparams(self.config, self.summary, step))
+            _safely("TensorBoard close", self.tb.close)
+        if self.experiment_log is not None:
+            _safely("EXPERIMENT_LOG.md", self.append_experiment_log)
         return self.summary
+
+    def append_experiment_log(self) -> None:
+        entry = explog.format_entry(self.summary, self.config, self.run_dir, self.experiment_log,
+                                    self.config_file, self.overrides)
+        explog.append_entry(self.experiment_log, entry)
+
+    def __enter__(self) -> "ExperimentTracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Leaving a `with` block finalizes: completed, interrupted (Ctrl-C) or failed."""
+        if exc_type is None:
+            self.finalize("completed")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finalize("interrupted")
+        else:
+            self.finalize("failed", error=f"{exc_type.__name__}: {exc}")

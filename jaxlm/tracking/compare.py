@@ -1,0 +1,79 @@
+"""Comparing runs: one PNG (a metric vs steps and vs wall-clock) and one markdown table.
+
+Everything is read from the run directories (rows from metrics.jsonl), so
+running, diverged and crashed runs compare as well as finished ones.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, Sequence
+
+from jaxlm.tracking.plots import as_float, plot_comparison
+from jaxlm.tracking.runs import NotARunError, RunRecord, load_run
+
+METRICS = ("val_loss", "train_loss", "val_bpb")
+TABLE_COLUMNS = ("name", "description", "status", "best val loss (step)", "final val loss", "steps", "tokens",
+                 "wall-clock (s)", "tokens/s")
+
+
+def expand_run_paths(patterns: Sequence[str | Path]) -> list[Path]:
+    """Paths with shell-style globs expanded (for quoted globs and shells that do not expand them)."""
+    paths: list[Path] = []
+    for pattern in map(str, patterns):
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise NotARunError(f"'{pattern}' matches no run directory")
+            paths += [Path(m) for m in matches]
+        else:
+            paths.append(Path(pattern))
+    return paths
+
+
+def _finished(run: RunRecord) -> bool:
+    return run.summary.get("status") not in (None, "running")
+
+
+def _cell(value: Any, spec: str) -> str:
+    v = as_float(value)
+    return "n/a" if v is None else format(v, spec)
+
+
+def table_row(run: RunRecord, name: str) -> list[str]:
+    best = run.best("val_loss")
+    s = run.summary if _finished(run) else {}
+    steps = s.get("steps", run.last("step"))
+    tokens = s.get("tokens", run.last("tokens"))
+    wall = s.get("wallclock_s", run.last("wallclock_s"))
+    return [name, run.description.replace("|", "\\|"), run.status,
+            f"{best[1]:.4f} ({best[0]})" if best else "n/a", _cell(run.final("val_loss"), ".4f"),
+            _cell(steps, ",.0f"), _cell(tokens, ",.0f"), _cell(wall, ".1f"), _cell(run.mean_tokens_per_sec(), ",.0f")]
+
+
+def markdown_table(runs: Sequence[RunRecord], names: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(table_row(run, name)) + " |" for run, name in zip(runs, names)]
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(run_dirs: Sequence[str | Path], output_path: str | Path, names: Sequence[str] | None = None,
+                 metric: str = "val_loss") -> str:
+    """Write `output_path` (PNG) and `<its stem>.md` beside it; return the markdown table.
+
+    Raises NotARunError naming the first directory that is not a run, ValueError on bad names/metric."""
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+    runs = [load_run(p) for p in expand_run_paths(run_dirs)]
+    if not runs:
+        raise ValueError("no run directories given")
+    if names is not None and len(names) != len(runs):
+        raise ValueError(f"{len(names)} names for {len(runs)} runs")
+    labels = list(names) if names is not None else [run.name for run in runs]
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    plot_comparison([(label, run.rows) for label, run in zip(labels, runs)], metric, output_path)
+    table = markdown_table(runs, labels)
+    output_path.with_suffix(".md").write_text(f"# Comparison: {metric}\n\n![{metric}]({output_path.name})\n\n{table}")
+    return table

@@ -1,0 +1,99 @@
+"""EXPERIMENT_LOG.md: one markdown entry appended per finished run, whatever its status.
+
+The file is a lab notebook: entries are only ever appended (never rewritten),
+under an exclusive `fcntl.flock`, in one write, so two runs ending at once
+cannot interleave. Each entry ends with an empty "Observations" heading for the
+person to fill in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+HEADER = "# Experiment log\n\nOne entry per run, appended when the run ends. Fill in the Observations.\n"
+
+
+def default_log_path(output_dir: str | Path) -> Path:
+    """EXPERIMENT_LOG.md beside the runs folder: `runs/` -> `./EXPERIMENT_LOG.md`."""
+    return Path(output_dir).resolve().parent / "EXPERIMENT_LOG.md"
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    if value is None or value == "":
+        return "n/a"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return str(value)
+
+
+def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_file: str | None) -> list[str]:
+    """`key`: value in the config file -> value used, one per `--set` override (last one wins)."""
+    file_values: dict[str, Any] = {}
+    if config_file:
+        try:
+            file_values = json.loads(Path(config_file).read_text())
+        except (OSError, ValueError):
+            file_values = {}
+    keys = list(dict.fromkeys(o.split("=", 1)[0].strip() for o in overrides))
+    lines = []
+    for key in keys:
+        before = json.dumps(file_values[key]) if key in file_values else "(default)"
+        lines.append(f"  - `{key}`: {before} -> {json.dumps(config.get(key), default=str)}")
+    return lines
+
+
+def format_entry(summary: Mapping[str, Any], config: Mapping[str, Any], run_dir: Path, log_path: Path,
+                 config_file: str | None = None, overrides: Sequence[str] = ()) -> str:
+    """The markdown of one entry; links are relative to the log file's folder."""
+    s = summary
+    rel = Path(os.path.relpath(Path(run_dir).resolve(), Path(log_path).resolve().parent)).as_posix()
+    date = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
+    description = s.get("description") or config.get("description") or "(none given)"
+    lines = [f"## {date} · {s.get('name')} · {s.get('status')}", "",
+             f"**Hypothesis / description:** {description}", "",
+             f"- Run directory: [{rel}]({rel})"]
+    if config_file:
+        lines.append(f"- Launched from: `{config_file}`")
+    changed = override_lines(overrides, config, config_file)
+    lines.append("- Differs from the config file:" + ("" if changed else " nothing (no `--set` overrides)"))
+    lines += changed
+    if s.get("resumed_from_step") is not None:
+        lines.append(f"- Resumed from step {s['resumed_from_step']}")
+    if s.get("error"):
+        lines.append(f"- Error: `{s['error']}`")
+    best_step = f" (step {s['best_val_step']})" if s.get("best_val_step") is not None else ""
+    tokens = _fmt(s.get("tokens"), ",")
+    lines += [
+        f"- Results: best val loss {_fmt(s.get('best_val_loss'))}{best_step}; final val loss "
+        f"{_fmt(s.get('final_val_loss'))}, {_fmt(s.get('final_val_bpb'))} bits/byte, perplexity "
+        f"{_fmt(s.get('final_val_perplexity'), '.2f')}; final train loss {_fmt(s.get('final_train_loss'))}",
+        f"- Scale: {_fmt(s.get('steps'), ',')} steps, {tokens} tokens, {_fmt(s.get('wallclock_s'), '.1f')} s "
+        f"wall-clock (+{_fmt(s.get('compile_s'), '.1f')} s compile), {_fmt(s.get('mean_tokens_per_sec'), ',.0f')} tokens/s",
+        f"- Plots: [loss curves]({rel}/loss_curves.png) · [LR schedule]({rel}/lr_schedule.png)",
+        "",
+        "### Observations",
+        "",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def append_entry(log_path: str | Path, entry: str) -> None:
+    """Append `entry` under an exclusive lock; write the header first if the file is new or empty."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            f.seek(0, os.SEEK_END)
+            text = entry if f.tell() > 0 else HEADER + "\n" + entry
+            f.write(text if text.endswith("\n") else text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,118 @@
+"""Reading run directories back: rows, config and summary, for compare and resume.
+
+Rows come from `metrics.jsonl` (streamed, so it holds everything a crashed or
+still-running run logged), falling back to `metrics.csv`. A torn last line (a
+run killed mid-write) is skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jaxlm.tracking.plots import as_float
+
+RUN_MARKERS = ("metrics.jsonl", "metrics.csv")
+
+
+class NotARunError(ValueError):
+    """The directory holds no metrics file of a jaxlm run."""
+
+
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any((path / m).is_file() for m in RUN_MARKERS)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every logged row, as dicts; CSV cells parsed to numbers, empty cells dropped."""
+    run_dir = Path(run_dir)
+    jsonl = run_dir / "metrics.jsonl"
+    if jsonl.is_file():
+        rows = []
+        for line in jsonl.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # torn last line of a killed run
+            if isinstance(row, dict) and "step" in row:
+                rows.append(row)
+        return rows
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = []
+        for cells in csv.DictReader(f):
+            row = {k: as_float(v) for k, v in cells.items() if k and v not in (None, "")}
+            if row.get("step") is not None:
+                row["step"] = int(row["step"])
+                rows.append(row)
+        return rows
+
+
+@dataclass
+class RunRecord:
+    """What a run directory says about its run; results derived from rows, so partial runs work too."""
+
+    path: Path
+    rows: list[dict[str, Any]]
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.summary.get("name") or self.config.get("name") or self.path.name
+
+    @property
+    def description(self) -> str:
+        return self.summary.get("description") or self.config.get("description") or ""
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status") or "unknown (no summary.json)"
+
+    def values(self, key: str) -> list[tuple[int, float]]:
+        out = []
+        for row in self.rows:
+            v = as_float(row.get(key))
+            if v is not None:
+                out.append((int(row["step"]), v))
+        return out
+
+    def best(self, key: str = "val_loss") -> tuple[int, float] | None:
+        finite = [(s, v) for s, v in self.values(key) if math.isfinite(v)]
+        return min(finite, key=lambda sv: sv[1]) if finite else None
+
+    def final(self, key: str) -> float | None:
+        vals = self.values(key)
+        return vals[-1][1] if vals else None
+
+    def last(self, key: str) -> Any:
+        for row in reversed(self.rows):
+            if row.get(key) not in (None, ""):
+                return row[key]
+        return None
+
+    def mean_tokens_per_sec(self) -> float | None:
+        if self.summary.get("mean_tokens_per_sec") is not None and self.summary.get("status") != "running":
+            return as_float(self.summary["mean_tokens_per_sec"])
+        vals = [v for _, v in self.values("tokens_per_sec") if math.isfinite(v)]
+        return sum(vals) / len(vals) if vals else None
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """RunRecord for a run directory; NotARunError naming it when it is not one."""
+    path = Path(path)
+    if not is_run_dir(path):
+        raise NotARunError(f"'{path}' is not a run directory (no metrics.jsonl or metrics.csv)")
+    return RunRecord(path, read_rows(path), _read_json(path / "config.json"), _read_json(path / "summary.json"))
