@@ -22,6 +22,7 @@ from flax import nnx
 
 from jaxlm.data.tokenizer import EOT, decode
 from jaxlm.kv_cache import forward_cached, init_cache
+from jaxlm.run_loading import find_tokenizer, load_run_model, parse_checkpoint
 from jaxlm.sampling import sample_token
 
 
@@ -119,51 +120,12 @@ def generate_text(graphdef, params, tokenizer, prompt: str, *, context_length: i
                           decode_step=decode_step)[0]
 
 
-# --- loading a trained run -------------------------------------------------------------------
-
-
-def load_run_model(run_dir: Path, which: str | int = "best"):
-    """(nnx model, Config) from a run's checkpoints, through `jaxlm.checkpoint.load`."""
-    from jaxlm.errors import UserError
-
-    try:
-        from jaxlm import checkpoint
-    except ImportError:
-        raise UserError("loading a run needs jaxlm.checkpoint, which this install does not have yet") from None
-    return checkpoint.load(run_dir, which=which)
-
-
-def find_tokenizer(run_dir: Path, config):
-    """The run's tokenizer: `<run>/tokenizer.json` if saved there, else where the data prepare put it."""
-    from jaxlm.data import sources
-    from jaxlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer
-    from jaxlm.errors import DataError
-
-    candidates = [run_dir / TOKENIZER_FILE]
-    try:
-        train_src, _ = sources.source_paths(config)
-    except DataError:
-        train_src = None
-    if train_src is not None and train_src.suffix == ".npy":
-        candidates.append(train_src.parent / TOKENIZER_FILE)
-    elif train_src is not None and train_src.is_file():
-        candidates.append(sources.cache_root() / f"{sources.file_digest(train_src)}-v{config.vocab_size}" / TOKENIZER_FILE)
-    for path in candidates:
-        if path.is_file():
-            return load_tokenizer(path)
-    raise DataError(f"run '{run_dir}': no tokenizer found (looked for {', '.join(map(str, candidates))})")
-
-
-def parse_checkpoint(text: str) -> str | int:
-    return int(text) if text.isdigit() else text
-
-
 def main(argv: list[str] | None = None) -> int:
     from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
 
     p = argparse.ArgumentParser(prog="python -m jaxlm.generate", description="Sample text from a trained run.")
     p.add_argument("--run", required=True, type=Path, help="run directory, e.g. runs/quickstart")
-    p.add_argument("--checkpoint", default="best", type=parse_checkpoint, help="best | latest | STEP (default best)")
+    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default best)")
     p.add_argument("--prompt", default="Once upon a time")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -172,13 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=1)
     args = p.parse_args(argv)
     try:
-        if args.checkpoint not in ("best", "latest") and not isinstance(args.checkpoint, int):
-            raise UserError(f"--checkpoint {args.checkpoint!r}: expected best, latest or a step number")
+        which = parse_checkpoint(args.checkpoint)
         if not 0 < args.top_p <= 1 or args.temperature < 0 or args.num_samples < 1 or args.max_new_tokens < 1:
             raise UserError("need 0 < --top-p <= 1, --temperature >= 0, --num-samples >= 1, --max-new-tokens >= 1")
-        if not args.run.is_dir():
-            raise UserError(f"--run '{args.run}': not a run directory")
-        model, config = load_run_model(args.run, args.checkpoint)
+        model, config = load_run_model(args.run, which)
         tokenizer = find_tokenizer(args.run, config)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
