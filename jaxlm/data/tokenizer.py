@@ -29,7 +29,13 @@ def train_tokenizer(text_files: Iterable[str | Path], vocab_size: int, out_dir: 
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[EOT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train([str(f) for f in text_files], trainer)
+    text_files = [Path(f) for f in text_files]
+    if any(f.suffix == ".gz" for f in text_files):  # HF reads plain files only: stream the text to it
+        from jaxlm.data.tokens import read_text_chunks
+
+        tok.train_from_iterator((chunk for f in text_files for chunk in read_text_chunks(f)), trainer)
+    else:
+        tok.train([str(f) for f in text_files], trainer)
     out = Path(out_dir) / TOKENIZER_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(out))

@@ -7,6 +7,7 @@ largest token id (so a vocab mismatch is caught without reading the tokens).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from dataclasses import dataclass
@@ -30,10 +31,15 @@ def meta_path(npy_path: str | Path) -> Path:
     return p.with_name(p.stem + ".meta.json")
 
 
+def open_binary(path: Path):
+    """The file's bytes, decompressed on the fly when it ends in `.gz`."""
+    return gzip.open(path, "rb") if Path(path).suffix == ".gz" else open(path, "rb")
+
+
 def read_text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
-    """Yield the file's text in pieces cut after a newline; raise DataError on non-UTF-8."""
+    """Yield the file's text (`.gz` read directly) in pieces cut after a newline; DataError on non-UTF-8."""
     offset, line_no = 0, 1
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         while True:
             block = f.read(chunk_bytes)
             if not block:
@@ -61,25 +67,29 @@ def encode_text_file(tok: Tokenizer, text_path: str | Path, out_npy: str | Path,
 
     text_path, out_npy = Path(text_path), Path(out_npy)
     check_text_file(text_path, utf8=False)
-    total_bytes = text_path.stat().st_size
+    compressed = text_path.suffix == ".gz"
+    total_bytes = 0  # of text, counted as read (a .gz file's size says nothing about it)
     vocab_size = tok.get_vocab_size()
     dtype = token_dtype(vocab_size)
     out_npy.parent.mkdir(parents=True, exist_ok=True)
     raw_tmp = out_npy.with_name(out_npy.name + ".raw.tmp")
     num_tokens, max_id = 0, 0
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"encode {text_path.name}", disable=not progress)
+    bar = tqdm(total=None if compressed else text_path.stat().st_size, unit="B", unit_scale=True,
+               desc=f"encode {text_path.name}", disable=not progress)
     with open(raw_tmp, "wb") as raw:
         pending: list[str] = []
 
         def flush():
-            nonlocal num_tokens, max_id
+            nonlocal num_tokens, max_id, total_bytes
             for enc in tok.encode_batch(pending, add_special_tokens=False):
                 ids = np.asarray(enc.ids, dtype=np.int64)
                 if ids.size:
                     max_id = max(max_id, int(ids.max()))
                     raw.write(ids.astype(dtype).tobytes())
                     num_tokens += ids.size
-            bar.update(sum(len(p.encode("utf-8")) for p in pending))
+            chunk_bytes = sum(len(p.encode("utf-8")) for p in pending)
+            total_bytes += chunk_bytes
+            bar.update(chunk_bytes)
             pending.clear()
 
         for chunk in read_text_chunks(text_path):
@@ -114,7 +124,7 @@ def check_text_file(path: Path, utf8: bool = True) -> None:
         for chunk in read_text_chunks(path):
             has_text = has_text or bool(chunk.strip())
     else:
-        with open(path, "rb") as f:
+        with open_binary(path) as f:
             while not has_text and (block := f.read(CHUNK_BYTES)):
                 has_text = bool(block.strip())
     if not has_text:

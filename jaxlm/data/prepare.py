@@ -1,0 +1,83 @@
+"""Turn a raw corpus (train + valid text, `.txt` or `.txt.gz`) into a training-ready folder:
+
+    <out>/tokenizer.json   trained here, or converted from `--tokenizer DIR`
+    <out>/train.npy  <out>/train.meta.json
+    <out>/valid.npy  <out>/valid.meta.json
+
+which a config names with `train_data_path: <out>/train.npy` (the tokenizer is
+found beside it). Encoding streams the text in ~1 MB pieces and encodes batches
+of them on all cores (HF tokenizers' thread pool), so memory does not grow with
+the corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jaxlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer, train_tokenizer
+from jaxlm.data.tokens import check_text_file, encode_text_file
+from jaxlm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SplitReport:
+    name: str
+    path: Path
+    num_bytes: int
+    num_tokens: int
+    seconds: float
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.num_bytes / max(self.num_tokens, 1)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.num_bytes / 1e6 / max(self.seconds, 1e-9)
+
+    def line(self) -> str:
+        return (f"{self.name}: {self.num_tokens:,} tokens from {self.num_bytes / 1e6:,.1f} MB in {self.seconds:.1f}s "
+                f"({self.mb_per_s:.2f} MB/s, {self.bytes_per_token:.2f} bytes/token) -> {self.path}")
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    tokenizer_path: Path
+    vocab_size: int
+    tokenizer_seconds: float
+    splits: tuple[SplitReport, ...]
+
+
+def prepare_corpus(train: str | Path, valid: str | Path, out_dir: str | Path, *, vocab_size: int | None = None,
+                   tokenizer: str | Path | None = None, progress: bool = False) -> PrepareReport:
+    """Train (or load) the tokenizer and encode both splits into `out_dir`."""
+    train, valid, out_dir = Path(train), Path(valid), Path(out_dir)
+    for path in (train, valid):
+        if path.suffix not in (".txt", ".gz"):
+            raise DataError(f"data file '{path}': expected a .txt or .txt.gz text file")
+        check_text_file(path, utf8=False)  # UTF-8 is checked while encoding, in the same pass
+    if tokenizer is None and vocab_size is None:
+        raise DataError("--vocab-size: required unless --tokenizer names an existing tokenizer")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if tokenizer is None:
+        log.info("training a %d-token BPE on %s", vocab_size, train)
+        tok = train_tokenizer([train], vocab_size, out_dir)
+    else:
+        tok = load_tokenizer(tokenizer)
+        if vocab_size is not None and tok.get_vocab_size() != vocab_size:
+            raise DataError(f"--tokenizer '{tokenizer}': has {tok.get_vocab_size()} tokens, not --vocab-size {vocab_size}")
+        tok.save(str(out_dir / TOKENIZER_FILE))
+    tokenizer_seconds = time.perf_counter() - t0
+    splits = []
+    for name, src in (("train", train), ("valid", valid)):
+        t0 = time.perf_counter()
+        meta = encode_text_file(tok, src, out_dir / f"{name}.npy", progress=progress)
+        splits.append(SplitReport(name, out_dir / f"{name}.npy", meta["num_bytes"], meta["num_tokens"],
+                                  time.perf_counter() - t0))
+    return PrepareReport(out_dir / TOKENIZER_FILE, tok.get_vocab_size(), tokenizer_seconds, tuple(splits))
