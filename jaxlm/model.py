@@ -173,3 +173,4 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
 
 def build_model(c: Config, seed: int | None = None) -> Transformer:
     return Transformer(c, rngs=nnx.Rngs(c.seed if seed is None else seed))
+

@@ -24,7 +24,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
         loss, grads = grad_fn(params, x_BxT, y_BxT)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(train_step, donate_argnums=(0, 1))
 
