@@ -18,6 +18,14 @@ DPI = 100
 METRIC_LABELS = {"train_loss": "train loss", "val_loss": "val loss", "val_bpb": "val bits/byte"}
 
 
+def preload() -> None:
+    """Import matplotlib's Agg pieces (~1.5 s on a slow CPU); the tracker runs this in a thread while the
+    model compiles, so the first eval's plots do not pay for it."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    import matplotlib.ticker  # noqa: F401
+
+
 def _new_figure(width: float, height: float, ncols: int = 1):
     """A Figure with `ncols` axes and fixed margins (tight_layout would cost more than the drawing)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -105,11 +106,14 @@ class ExperimentTracker:
         self.start_time = time.time()
         self.wallclock_offset = 0.0  # seconds already trained before a resume
         self.last_refresh_s = 0.0  # how long the last plots + metrics.json refresh took
+        self.refresh_total_s = 0.0  # all refreshes of this process together (reported in summary.json)
         self._closed = False
         if resume_from_step is None:
             self._start_new(config)
         else:
             self._reopen(config, resume_from_step)
+        if make_plots:
+            threading.Thread(target=plots.preload, name="matplotlib-preload", daemon=True).start()
         self.tb = None
         if tensorboard:
             purge = None if resume_from_step is None else resume_from_step + 1
@@ -239,6 +243,7 @@ class ExperimentTracker:
         if self.tb is not None:
             _safely("TensorBoard flush", self.tb.flush)
         self.last_refresh_s = time.perf_counter() - t0
+        self.refresh_total_s += self.last_refresh_s
         log.debug("refreshed plots and metrics.json in %.3fs", self.last_refresh_s)
 
     def write_plots(self) -> None:
@@ -299,6 +304,7 @@ class ExperimentTracker:
         self._csv_file.close()
         self._jsonl.close()
         self.refresh()
+        self.write_summary(tracking_refresh_s=round(self.refresh_total_s, 3))
         if self.tb is not None:
             step = int(self.rows[-1]["step"]) if self.rows else 0
             _safely("TensorBoard hparams", lambda: self.tb.log_hparams(self.config, self.summary, step))
