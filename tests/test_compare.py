@@ -43,6 +43,7 @@ def three_runs(tmp_path):
 
 
 def test_compare_three_runs_with_a_glob(three_runs, tmp_path, capsys):
+    (three_runs / "lr_comparison.png").write_bytes(b"not a run")  # a file the glob also matches
     out = tmp_path / "cmp" / "comparison.png"
     assert compare.main([str(three_runs / "lr_*"), "-o", str(out)]) == 0
     printed = capsys.readouterr().out

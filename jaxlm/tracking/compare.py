@@ -19,11 +19,12 @@ TABLE_COLUMNS = ("name", "description", "status", "best val loss (step)", "final
 
 
 def expand_run_paths(patterns: Sequence[str | Path]) -> list[Path]:
-    """Paths with shell-style globs expanded (for quoted globs and shells that do not expand them)."""
+    """Paths with shell-style globs expanded (for quoted globs and shells that do not expand them).
+    A glob keeps only the directories it matches (`runs/lr_*` may also match `runs/lr_comparison.png`)."""
     paths: list[Path] = []
     for pattern in map(str, patterns):
         if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern))
+            matches = sorted(m for m in glob.glob(pattern) if Path(m).is_dir())
             if not matches:
                 raise NotARunError(f"'{pattern}' matches no run directory")
             paths += [Path(m) for m in matches]
