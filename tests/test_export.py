@@ -110,3 +110,18 @@ def test_import_pytorch_file_without_metadata_and_errors(tiny_config, tmp_path):
         import_safetensors(bare, c)
     with pytest.raises(DataError, match="does not fit"):
         import_safetensors(out, tiny_config(d_ff=96))
+
+
+def test_cli_writes_weights_and_config(tiny_config, tmp_path, monkeypatch, capsys):
+    import jaxlm.export as export
+
+    c = tiny_config()
+    model = build_model(c)
+    import jaxlm.run_loading as run_loading
+
+    monkeypatch.setattr(run_loading, "load_run_model", lambda run_dir, which: (model, c))
+    out = tmp_path / "out" / "m.safetensors"
+    assert export.main(["--run", str(tmp_path), "--out", str(out)]) == 0
+    assert load_file(str(out))["token_embeddings.weight"].shape == (c.vocab_size, c.d_model)
+    assert json.loads(out.with_suffix(".json").read_text())["num_layers"] == c.num_layers
+    assert export.main(["--run", str(tmp_path), "--out", str(tmp_path / "m.pt")]) == 2

@@ -156,3 +156,23 @@ def test_cli_without_checkpoint_support_fails_in_one_line(tmp_path, capsys, monk
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert main(["--run", str(tmp_path / "missing")]) == 2
+
+
+def test_cli_prints_samples_from_a_run(tiny_config, tmp_path, capsys, monkeypatch):
+    """The CLI end to end, with the checkpoint loader swapped for a freshly built model."""
+    import jaxlm.generate as gen
+    from jaxlm.data.tokenizer import train_tokenizer
+
+    c = tiny_config(context_length=16)
+    text = tmp_path / "t.txt"
+    text.write_text("Once upon a time there was a cat.<|endoftext|>The dog ran.\n" * 50)
+    run = tmp_path / "run"
+    train_tokenizer([text], 300, run)  # <run>/tokenizer.json is where the CLI looks first
+    monkeypatch.setattr(gen, "load_run_model", lambda run_dir, which: (build_model(c), c))
+    assert main(["--run", str(run), "--prompt", "Once upon", "--max-new-tokens", "20", "--temperature", "0",
+                 "--num-samples", "2"]) == 0
+    out = capsys.readouterr().out
+    samples = [s.strip() for s in out.split("--- sample")[1:]]
+    assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("Once upon") for s in samples)
+    assert samples[0].split("\n", 1)[1] == samples[1].split("\n", 1)[1]  # greedy: identical
+    assert main(["--run", str(run), "--checkpoint", "newest"]) == 2
