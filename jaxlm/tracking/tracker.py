@@ -152,9 +152,14 @@ class ExperimentTracker:
         self.rows = [r for r in read_rows(self.run_dir) if int(r["step"]) <= from_step]
         if self.rows:
             self.wallclock_offset = float(plots.as_float(self.rows[-1].get("wallclock_s")) or 0.0)
-        self._open_metric_files("w")  # rewrite the kept rows, then append
+        self._open_metric_files("w", suffix=".tmp")  # kept rows into temp files, swapped in whole, then append
         for row in self.rows:
             self._write_row(row)
+        self._csv_file.close()
+        self._jsonl.close()
+        for name in ("metrics.csv", "metrics.jsonl"):
+            os.replace(self.run_dir / f"{name}.tmp", self.run_dir / name)
+        self._open_metric_files("a")
         self._trim_samples(from_step)
         summary_path = self.run_dir / "summary.json"
         self.summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"name": self.name}
@@ -164,12 +169,21 @@ class ExperimentTracker:
             self.summary.pop(stale, None)
         self.write_metrics_json()
 
-    def _open_metric_files(self, mode: str) -> None:
-        self._csv_file = open(self.run_dir / "metrics.csv", mode, newline="")
+    def update_config(self, **fields: Any) -> None:
+        """Record config values decided during the run (e.g. a schedule sized to a wall-clock budget)
+        in config.json, so a resume uses them."""
+        self.config.update(fields)
+        stored = json.loads((self.run_dir / "config.json").read_text())
+        write_json(self.run_dir / "config.json", {**stored, **fields})
+
+    def _open_metric_files(self, mode: str, suffix: str = "") -> None:
+        """Open metrics.csv/.jsonl: "w" starts them (CSV header included), "a" appends."""
+        self._csv_file = open(self.run_dir / f"metrics.csv{suffix}", mode, newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        self._csv.writeheader()
-        self._csv_file.flush()
-        self._jsonl = open(self.run_dir / "metrics.jsonl", mode)
+        if mode == "w":
+            self._csv.writeheader()
+            self._csv_file.flush()
+        self._jsonl = open(self.run_dir / f"metrics.jsonl{suffix}", mode)
 
     def _trim_samples(self, from_step: int) -> None:
         path = self.run_dir / "samples.txt"
