@@ -59,6 +59,10 @@ class Config:
     sample_tokens: int = 96
     sample_prompt: str = "Once upon a time"
 
+    # --- wall-clock budget ---
+    max_wallclock_seconds: Optional[float] = None  # stop training (cleanly) once this much time is spent
+    schedule_by: Literal["steps", "wallclock"] = "steps"  # "wallclock": cosine sized to end with the budget
+
     # --- architecture ablations (CS336 section 7); defaults are the baseline ---
     norm: Literal["rmsnorm", "none"] = "rmsnorm"
     norm_position: Literal["pre", "post"] = "pre"
@@ -228,5 +232,9 @@ def validate(c: Config) -> None:
             raise ConfigError(f"config key '{key}': must be in [0, 1), got {getattr(c, key)}")
     if c.weight_decay < 0:
         raise ConfigError(f"config key 'weight_decay': must be >= 0, got {c.weight_decay}")
+    if c.max_wallclock_seconds is not None and not c.max_wallclock_seconds > 0:
+        raise ConfigError(f"config key 'max_wallclock_seconds': must be positive, got {c.max_wallclock_seconds}")
+    if c.schedule_by == "wallclock" and c.max_wallclock_seconds is None:
+        raise ConfigError("config key 'schedule_by': 'wallclock' needs max_wallclock_seconds to be set")
     if c.sample_tokens < 0:
         raise ConfigError(f"config key 'sample_tokens': must be >= 0, got {c.sample_tokens}")

@@ -6,6 +6,7 @@ loss is read, so the device never waits on Python.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxlm.budget import calibration_step, out_of_time, planned_steps
 from jaxlm.config import Config
 from jaxlm.data.sources import prepare
 from jaxlm.data.tokenizer import load_tokenizer
@@ -68,6 +70,7 @@ class Trainer:
             t0 = time.perf_counter()
             x0, y0 = self.batch(0)
             self.train_step = make_train_step(self.graphdef, tx).lower(self.params, self.opt_state, x0, y0).compile()
+            self.train_compile_s = time.perf_counter() - t0
             self.eval_step = make_eval_step(self.graphdef).lower(self.params, *self.val_set[0]).compile()
             self.compile_s = time.perf_counter() - t0
         self.decode_step = None
@@ -98,6 +101,37 @@ class Trainer:
                                  context_length=c.context_length, max_new_tokens=c.sample_tokens,
                                  seed=c.seed if seed is None else seed, decode_step=self.decode_step)
 
+    def _eval_and_sample(self) -> tuple[dict[str, float], str | None]:
+        evals = self.evaluate()
+        sample = self.sample()
+        if sample is not None:
+            self.tracker.log_sample(self.step, self.c.sample_prompt, sample)
+        return evals, sample
+
+    def _fit_schedule_to_budget(self, meter: "_Meter", step_times: dict[int, float], bar) -> float:
+        """schedule_by=wallclock: from the measured step time, set cosine_cycle_iters (and the step
+        count) so the schedule ends with the budget, then recompile the step with that schedule.
+        Returns the measured eval + sample time."""
+        first = min(step_times) + min(2, len(step_times) - 2)  # the first steps run slower
+        step_s = (step_times[self.step] - step_times[first]) / max(self.step - first, 1)
+        t0 = time.perf_counter()
+        self.evaluate(), self.sample()  # timed once, so the plan leaves room for the evals
+        eval_s = time.perf_counter() - t0
+        meter.pause(eval_s)
+        steps = planned_steps(self.c, self.step, meter.elapsed(), step_s, eval_s, self.train_compile_s)
+        self.c = dataclasses.replace(self.c, cosine_cycle_iters=steps, max_iterations=steps)
+        self.schedule = meter.schedule = schedule_for(self.c)
+        meter.c = self.c
+        x, y = self.batch(self.step)
+        t0 = time.perf_counter()
+        self.train_step = make_train_step(self.graphdef, build_optimizer(self.c)).lower(
+            self.params, self.opt_state, x, y).compile()
+        meter.pause(time.perf_counter() - t0)
+        self.tracker.update_config(cosine_cycle_iters=steps, max_iterations=steps)
+        bar.total = steps
+        log.info("wall-clock budget: %.3fs/step, eval %.1fs -> schedule sized to %d steps", step_s, eval_s, steps)
+        return eval_s
+
     def run(self) -> RunResult:
         from tqdm import tqdm
 
@@ -110,27 +144,39 @@ class Trainer:
         bar = tqdm(total=c.max_iterations, initial=self.step, desc=tracker.name, disable=not self.progress, unit="step")
         meter = _Meter(c, self.schedule, tracker, bar, self.step)
         best = {"val_loss": math.inf, "step": None}
-        sample = None
+        sample, stopped_by = None, "max_iterations"
+        calibrate_at = calibration_step(c, self.step)
+        step_times: dict[int, float] = {}
+        eval_s = 0.0  # duration of the latest eval + sample
         pending = None  # (step, device metrics, eval results) not yet read back
         with jax.default_device(self.device):
-            while self.step < c.max_iterations:
+            while self.step < self.c.max_iterations:
                 x, y = self.batch(self.step)
                 self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, x, y)
                 self.step += 1
                 if pending is not None:
                     meter.consume(*pending)
+                if calibrate_at is not None and self.step <= calibrate_at:
+                    step_times[self.step] = meter.elapsed() - meter.paused_total
+                if self.step == calibrate_at:
+                    eval_s = self._fit_schedule_to_budget(meter, step_times, bar)
+                # stop early enough that the final eval still fits the budget
+                last = self.step == self.c.max_iterations or out_of_time(self.c, meter.elapsed() + eval_s)
                 evals = None
-                if self.step % c.eval_interval == 0 or self.step == c.max_iterations:
+                if self.step % self.c.eval_interval == 0 or last:
                     t_eval = time.perf_counter()
-                    evals = self.evaluate()
-                    sample = self.sample()
-                    if sample is not None:
-                        tracker.log_sample(self.step, c.sample_prompt, sample)
-                    meter.pause(time.perf_counter() - t_eval)
+                    evals, sample = self._eval_and_sample()
+                    eval_s = time.perf_counter() - t_eval
+                    meter.pause(eval_s)
                     if evals["val_loss"] < best["val_loss"]:
                         best.update(val_loss=evals["val_loss"], step=self.step)
                 pending = (self.step, metrics, evals)
                 bar.update(1)
+                if last and self.step < self.c.max_iterations:
+                    stopped_by = "wallclock"
+                    break
+        if calibrate_at is not None and self.c.max_iterations < c.max_iterations:
+            stopped_by = "wallclock"  # the step count itself was sized to the budget
             if pending is not None:
                 meter.consume(*pending)
         bar.close()
@@ -142,7 +188,7 @@ class Trainer:
             final_val_perplexity=last.get("val_perplexity"), final_val_bpb=last.get("val_bpb"),
             best_val_loss=best["val_loss"], best_val_step=best["step"],
             mean_tokens_per_sec=self.step * c.tokens_per_step / max(wallclock - meter.paused_total, 1e-9),
-            flops_per_token=flops_per_token(c))
+            flops_per_token=flops_per_token(c), stopped_by=stopped_by)
         return RunResult("completed", summary, sample)
 
 
