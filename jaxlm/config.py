@@ -58,6 +58,7 @@ class Config:
     adam_eps: float = 1e-8
     sample_tokens: int = 96
     sample_prompt: str = "Once upon a time"
+    init_from: Optional[str] = None  # .safetensors with CS336 names (jaxlm.export) to start from
 
     # --- wall-clock budget ---
     max_wallclock_seconds: Optional[float] = None  # stop training (cleanly) once this much time is spent
@@ -232,6 +233,8 @@ def validate(c: Config) -> None:
             raise ConfigError(f"config key '{key}': must be in [0, 1), got {getattr(c, key)}")
     if c.weight_decay < 0:
         raise ConfigError(f"config key 'weight_decay': must be >= 0, got {c.weight_decay}")
+    if c.init_from is not None and not Path(c.init_from).is_file():
+        raise ConfigError(f"config key 'init_from': '{c.init_from}' does not exist")
     if c.max_wallclock_seconds is not None and not c.max_wallclock_seconds > 0:
         raise ConfigError(f"config key 'max_wallclock_seconds': must be positive, got {c.max_wallclock_seconds}")
     if c.schedule_by == "wallclock" and c.max_wallclock_seconds is None:

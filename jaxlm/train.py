@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import math
 import time
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ from flax import nnx
 from jaxlm.budget import calibration_step, out_of_time, planned_steps
 from jaxlm.config import Config
 from jaxlm.data.sources import prepare
-from jaxlm.data.tokenizer import load_tokenizer
+from jaxlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer
 from jaxlm.data.tokens import batch_at, eval_batches, open_tokens
 from jaxlm.errors import ConfigError
 from jaxlm.flops import flops_per_token, param_counts
+from jaxlm.export import import_safetensors
 from jaxlm.generate import generate_text, make_decode_step
 from jaxlm.model import build_model
 from jaxlm.optim import build_optimizer, schedule_for
@@ -62,9 +64,13 @@ class Trainer:
         self.val_set = eval_batches(val.tokens, c.eval_batches, c.batch_size, c.context_length)
         self.val_bytes_per_token = val.bytes_per_token
         self.tokenizer = load_tokenizer(files.tokenizer) if files.tokenizer else None
+        if files.tokenizer:  # a run directory is self-contained: generate/export find it there
+            shutil.copyfile(files.tokenizer, tracker.run_dir / TOKENIZER_FILE)
         self.schedule = schedule_for(c)
         with jax.default_device(self.device):
             self.graphdef, self.params = nnx.split(build_model(c), nnx.Param)
+            if c.init_from:
+                self.params = import_safetensors(c.init_from, c)[0]
             tx = build_optimizer(c)
             self.opt_state = tx.init(self.params)
             t0 = time.perf_counter()
@@ -175,10 +181,10 @@ class Trainer:
                 if last and self.step < self.c.max_iterations:
                     stopped_by = "wallclock"
                     break
-        if calibrate_at is not None and self.c.max_iterations < c.max_iterations:
-            stopped_by = "wallclock"  # the step count itself was sized to the budget
             if pending is not None:
                 meter.consume(*pending)
+        if calibrate_at is not None and self.c.max_iterations < c.max_iterations:
+            stopped_by = "wallclock"  # the step count itself was sized to the budget
         bar.close()
         wallclock = meter.elapsed()
         last = tracker.rows[-1] if tracker.rows else {}

@@ -40,7 +40,7 @@ def test_run_stops_at_the_budget_and_records_the_sized_schedule(tmp_path, tiny_c
     resolved = json.loads((run / "config.json").read_text())
     assert summary["status"] == "completed" and summary["stopped_by"] == "wallclock"
     assert 10 < summary["steps"] < 1_000_000
-    assert summary["wallclock_s"] < 6.0 + 3.0  # stops on time, give or take the last step and eval
+    assert summary["wallclock_s"] < 6.0 + 5.0  # stops on time, give or take the last step and eval (slack for loaded CI)
     # the schedule was sized to the budget and written down for a resume
     assert resolved["cosine_cycle_iters"] == resolved["max_iterations"] < 1_000_000
     assert summary["steps"] <= resolved["max_iterations"]
