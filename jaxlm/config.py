@@ -59,6 +59,10 @@ class Config:
     sample_tokens: int = 96
     sample_prompt: str = "Once upon a time"
 
+    # --- checkpoints and run safety ---
+    keep_checkpoints: int = 3  # latest periodic checkpoints kept (the best-by-val one is kept besides)
+    divergence_factor: float = 3.0  # stop when loss > factor x initial loss after warmup (or NaN/inf)
+
     # --- architecture ablations (CS336 section 7); defaults are the baseline ---
     norm: Literal["rmsnorm", "none"] = "rmsnorm"
     norm_position: Literal["pre", "post"] = "pre"
@@ -97,8 +101,9 @@ _HINTS = typing.get_type_hints(Config)
 POSITIVE_INT_KEYS = (
     "vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
     "max_iterations", "log_interval", "eval_interval", "checkpoint_interval", "eval_batches",
+    "keep_checkpoints",
 )
-POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps")
+POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps", "divergence_factor")
 
 
 def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
@@ -228,5 +233,7 @@ def validate(c: Config) -> None:
             raise ConfigError(f"config key '{key}': must be in [0, 1), got {getattr(c, key)}")
     if c.weight_decay < 0:
         raise ConfigError(f"config key 'weight_decay': must be >= 0, got {c.weight_decay}")
+    if c.divergence_factor <= 1:
+        raise ConfigError(f"config key 'divergence_factor': must be > 1, got {c.divergence_factor}")
     if c.sample_tokens < 0:
         raise ConfigError(f"config key 'sample_tokens': must be >= 0, got {c.sample_tokens}")

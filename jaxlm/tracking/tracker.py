@@ -89,3 +89,37 @@ class ExperimentTracker:
         self._csv_file.close()
         self._jsonl.close()
         return self.summary
+
+
+    # --- resume (issue 4; minimal: the tracking work on main may supersede this) ---
+    @classmethod
+    def resume(cls, run_dir: str | Path, from_step: int, elapsed_s: float = 0.0) -> "ExperimentTracker":
+        """Reopen a run directory to continue after step `from_step`.
+
+        Rows logged after `from_step` (work lost with the process) are dropped from
+        metrics.csv and metrics.jsonl, which are then reopened for appending; the
+        summary goes back to `running`; default wall-clock continues from `elapsed_s`.
+        """
+        self = cls.__new__(cls)
+        self.run_dir = run_dir = Path(run_dir)
+        self.name = run_dir.name
+        self.config = json.loads((run_dir / "config.json").read_text())
+        self.start_time = time.time() - elapsed_s
+        jsonl_path, csv_path = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+        lines = jsonl_path.read_text().splitlines() if jsonl_path.is_file() else []
+        kept = [line for line in lines if line.strip() and int(json.loads(line)["step"]) <= from_step]
+        self.rows = [json.loads(line) for line in kept]
+        jsonl_path.write_text("".join(line + "\n" for line in kept))
+        with open(csv_path, newline="") as f:
+            csv_rows = list(csv.reader(f))
+        with open(csv_path, "w", newline="") as f:
+            csv.writer(f).writerows(csv_rows[:1] + [r for r in csv_rows[1:] if r and int(r[0]) <= from_step])
+        self._csv_file = open(csv_path, "a", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        self._jsonl = open(jsonl_path, "a")
+        summary_path = run_dir / "summary.json"
+        self.summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"name": self.name}
+        for stale in ("error", "diverged_step", "divergence_reason", "interrupted_by"):
+            self.summary.pop(stale, None)
+        self.write_summary(status="running", resumed_from_step=from_step)
+        return self
