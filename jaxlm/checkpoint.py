@@ -47,8 +47,22 @@ def _val_loss(metrics: dict) -> float:
     return metrics["val_loss"]
 
 
+class _QuietMissingMetrics(logging.Filter):
+    """Orbax warns on every save without metrics; ours are only on eval steps, by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+def _quiet_orbax() -> None:
+    absl_log = logging.getLogger("absl")
+    if not any(isinstance(f, _QuietMissingMetrics) for f in absl_log.filters):
+        absl_log.addFilter(_QuietMissingMetrics())
+
+
 def open_manager(run_dir: str | Path, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
     """The run's CheckpointManager: async saves, latest `keep` + best-by-val_loss preserved."""
+    _quiet_orbax()
     retention = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep),
         policies.BestN(get_metric_fn=_val_loss, reverse=True, n=1, keep_checkpoints_without_metrics=False),
@@ -84,6 +98,15 @@ def choose_step(mngr: ocp.CheckpointManager, which: str | int, run_dir: str | Pa
     if step not in steps:
         raise CheckpointError(f"run '{run_dir}' has no checkpoint at step {step} (saved steps: {steps})")
     return step
+
+
+def check_resumable(run_dir: str | Path, which: str | int = "latest") -> int:
+    """The step a resume would restore; CheckpointError if there is none (cheap: reads no arrays)."""
+    mngr = open_manager(run_dir, read_only=True)
+    try:
+        return choose_step(mngr, which, run_dir)
+    finally:
+        mngr.close()
 
 
 def _abstract(tree):

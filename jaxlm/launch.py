@@ -84,17 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is None:
             check_new_run_dir(run_dir, args.overwrite)
         check_writable(run_dir.parent)
+        which = args.resume_step if args.resume_step is not None else "latest"
+        if args.resume is not None:
+            from jaxlm.checkpoint import check_resumable
+
+            step = check_resumable(run_dir, which)
+            if step >= config.max_iterations:
+                raise UserError(f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
+                                f"{config.max_iterations}; continue further with --set max_iterations=N")
         from jaxlm import train
 
         # Data preparation and checks, compile and (on resume) the checkpoint restore all happen
         # before the run directory is created or touched.
         trainer = train.Trainer(config, progress=not args.quiet)
         if args.resume is not None:
-            which = args.resume_step if args.resume_step is not None else "latest"
-            step = trainer.restore(run_dir, which)
-            if step >= config.max_iterations:
-                raise UserError(f"--resume '{run_dir}': already at step {step} of max_iterations="
-                                f"{config.max_iterations}; raise it with --set max_iterations=N")
+            trainer.restore(run_dir, which)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

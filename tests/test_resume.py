@@ -232,3 +232,30 @@ def test_kill_9_then_resume_from_newest_complete_checkpoint(config_file, tmp_pat
     assert rows(run, after=complete[-1]) == rows(reference, after=complete[-1])
     steps = [int(r["step"]) for r in rows(run)]
     assert steps == sorted(set(steps))
+
+
+def test_second_signal_aborts_at_once():
+    from jaxlm.runguard import StopSignals
+
+    previous = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stop.requested == "SIGINT"  # first: a request, training goes on to the end of the step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1.0)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_divergence_guard_rules():
+    from jaxlm.runguard import DivergenceGuard
+
+    guard = DivergenceGuard(factor=3.0, warmup_iters=5, initial_loss=None)
+    assert guard.check(1, 5.0, 1.0) and guard.initial_loss == 5.0
+    assert guard.check(4, 40.0, 1.0)  # a spike during warmup is tolerated
+    assert guard.check(6, 14.9, 1.0)
+    assert not guard.check(7, 15.1, 1.0) and guard.tripped["step"] == 7
+    assert not DivergenceGuard(3.0, 5).check(1, math.nan, 1.0)
+    assert not DivergenceGuard(3.0, 5, initial_loss=5.0).check(2, 5.0, math.inf)
+    assert not DivergenceGuard(3.0, 5, initial_loss=5.0).check_val(9, 16.0)
