@@ -220,7 +220,7 @@ def test_kill_9_then_resume_from_newest_complete_checkpoint(config_file, tmp_pat
     proc.wait()
     run = tmp_path / "killed"
     complete = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    assert complete and complete[-1] >= 80
+    assert complete and complete[-1] >= 40  # 80's save may have been cut short: then 40 is the newest complete
     # a half-written checkpoint, newer than all others, as a kill during a save leaves it
     half = run / "checkpoints" / f"{complete[-1] + 25}.orbax-checkpoint-tmp-1234567890"
     half.mkdir()

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,11 @@ class ExperimentTracker:
         self._csv_file = open(csv_path, "a", newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         self._jsonl = open(jsonl_path, "a")
+        samples = run_dir / "samples.txt"
+        if samples.is_file():  # blocks start "=== step N | prompt: ..."
+            blocks = re.split(r"(?m)^(?==== step )", samples.read_text())
+            samples.write_text("".join(b for b in blocks if not b.startswith("=== step ")
+                                       or int(b.split()[2]) <= from_step))
         summary_path = run_dir / "summary.json"
         self.summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"name": self.name}
         for stale in ("error", "diverged_step", "divergence_reason", "interrupted_by"):
