@@ -64,6 +64,10 @@ class Config:
     max_wallclock_seconds: Optional[float] = None  # stop training (cleanly) once this much time is spent
     schedule_by: Literal["steps", "wallclock"] = "steps"  # "wallclock": cosine sized to end with the budget
 
+    # --- checkpoints and run safety ---
+    keep_checkpoints: int = 3  # latest periodic checkpoints kept (the best-by-val one is kept besides)
+    divergence_factor: float = 3.0  # stop when loss > factor x initial loss after warmup (or NaN/inf)
+
     # --- architecture ablations (CS336 section 7); defaults are the baseline ---
     norm: Literal["rmsnorm", "none"] = "rmsnorm"
     norm_position: Literal["pre", "post"] = "pre"
@@ -97,13 +101,18 @@ class Config:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+
+# Keys a run directory's config.json holds besides the Config's own; reading such a file
+# as a config ignores them, so a run's config.json can be launched again as it is.
+RUN_METADATA_KEYS = ("name", "jaxlm_version", "git_commit", "git_dirty", "start_time", "config_file", "overrides")
 _HINTS = typing.get_type_hints(Config)
 
 POSITIVE_INT_KEYS = (
     "vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
     "max_iterations", "log_interval", "eval_interval", "checkpoint_interval", "eval_batches",
+    "keep_checkpoints",
 )
-POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps")
+POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps", "divergence_factor")
 
 
 def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
@@ -183,7 +192,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file '{path}': invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}': expected a JSON object at the top level")
-    return raw
+    return {k: v for k, v in raw.items() if k not in RUN_METADATA_KEYS}
 
 
 def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
@@ -239,5 +248,7 @@ def validate(c: Config) -> None:
         raise ConfigError(f"config key 'max_wallclock_seconds': must be positive, got {c.max_wallclock_seconds}")
     if c.schedule_by == "wallclock" and c.max_wallclock_seconds is None:
         raise ConfigError("config key 'schedule_by': 'wallclock' needs max_wallclock_seconds to be set")
+    if c.divergence_factor <= 1:
+        raise ConfigError(f"config key 'divergence_factor': must be > 1, got {c.divergence_factor}")
     if c.sample_tokens < 0:
         raise ConfigError(f"config key 'sample_tokens': must be >= 0, got {c.sample_tokens}")

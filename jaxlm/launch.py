@@ -10,20 +10,21 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
+import os
 import sys
 from pathlib import Path
 
-from jaxlm.config import Config, load_config, parse_override
-from jaxlm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UserError
+from jaxlm.config import Config, load_config
+from jaxlm.errors import EXIT_ABORTED, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.flops import flops_per_token, param_counts
+from jaxlm.rundir import check_name, check_new_run_dir, check_writable, clear_for_new_run, resume_config, save_config
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9._=-]+$")
+EXIT_BY_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jaxlm.launch", description="Train a jaxlm transformer.")
-    p.add_argument("--config", required=True, help="config JSON file")
+    p.add_argument("--config", help="config JSON file (required unless --resume)")
     p.add_argument("--name", help="run name (default: the config file's stem)")
     p.add_argument("--description", help="what this run tests (overrides the config's description)")
     p.add_argument("--output-dir", default="runs", help="folder that holds run directories (default: runs)")
@@ -31,10 +32,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a config key (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint "
+                   "(config from RUN_DIR/config.json; --set only for keys safe to change)")
+    p.add_argument("--resume-step", type=int, metavar="N", help="with --resume: continue from checkpoint N instead")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
     p.add_argument("--experiment-log", metavar="PATH",
                    help="markdown log to append this run's entry to (default: EXPERIMENT_LOG.md beside --output-dir)")
     p.add_argument("--no-experiment-log", action="store_true", help="do not append to the experiment log")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.resume is None and args.config is None:
+        p.error("--config is required (or --resume RUN_DIR)")
+    if args.resume is not None and (args.config or args.name or args.overwrite):
+        p.error("--resume takes the config and name from the run directory: drop --config/--name/--overwrite")
+    if args.resume_step is not None and args.resume is None:
+        p.error("--resume-step needs --resume RUN_DIR")
+    return args
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:
@@ -42,15 +54,12 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     overrides = list(args.overrides)
     if args.description is not None:
         overrides.append(f"description={args.description}")
+    if args.resume is not None:
+        return resume_config(args.resume, overrides), Path(args.resume).name
     config = load_config(args.config, overrides)
     name = args.name or Path(args.config).stem
     check_name(name)
     return config, name
-
-
-def check_name(name: str) -> None:
-    if name in (".", "..") or not NAME_PATTERN.match(name):
-        raise UserError(f"--name '{name}': use only letters, digits and . _ = - (no path separators or '..')")
 
 
 def describe(config: Config, name: str) -> str:
@@ -74,46 +83,88 @@ def main(argv: list[str] | None = None) -> int:
         from jaxlm.data.sources import check_sources
 
         check_sources(config)
-        run_dir = Path(args.output_dir) / name
-        if run_dir.exists():
-            raise UserError(f"run directory '{run_dir}' already exists: choose another --name")
+        run_dir = Path(args.resume) if args.resume else Path(args.output_dir) / name
+        if args.resume is None:
+            check_new_run_dir(run_dir, args.overwrite)
+        check_writable(run_dir.parent)
+        which = args.resume_step if args.resume_step is not None else "latest"
+        if args.resume is not None:
+            from jaxlm.checkpoint import check_resumable
+
+            step = check_resumable(run_dir, which)
+            if step >= config.max_iterations:
+                raise UserError(f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
+                                f"{config.max_iterations}; continue further with --set max_iterations=N")
+        from jaxlm import train
+
+        # Data preparation and checks, compile and (on resume) the checkpoint restore all happen
+        # before the run directory is created or touched.
+        trainer = train.Trainer(config, progress=not args.quiet)
+        if args.resume is not None:
+            trainer.restore(run_dir, which)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
-    from jaxlm import train
     from jaxlm.tracking import ExperimentTracker
-
     from jaxlm.tracking.explog import default_log_path
 
-    experiment_log = None if args.no_experiment_log else (args.experiment_log or default_log_path(args.output_dir))
-    tracker = ExperimentTracker(name, {"name": name, **config.to_dict()}, args.output_dir,
-                                experiment_log=experiment_log, config_file=args.config, overrides=args.overrides)
+    log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(run_dir.parent))
+    tracking = {"experiment_log": log_path, "overrides": args.overrides}
+    if args.resume is not None:
+        save_config(run_dir, config)
+        tracker = ExperimentTracker.resume(run_dir, trainer.step, config={"name": name, **config.to_dict()},
+                                           wallclock_s=trainer.resumed.get("wallclock_s", 0.0), **tracking)
+    else:
+        clear_for_new_run(run_dir)
+        tracker = ExperimentTracker(name, {"name": name, **config.to_dict()}, args.output_dir,
+                                    config_file=args.config, **tracking)
     try:
-        result = train.run(config, tracker, progress=not args.quiet)
+        result = trainer.run(tracker)
+    except KeyboardInterrupt:
+        tracker.finalize(status="interrupted", steps=trainer.step, interrupted_by="second stop signal (aborted)")
+        print(f"\naborted at step {trainer.step}; resume from the last checkpoint with --resume {run_dir}",
+              file=sys.stderr)
+        return EXIT_ABORTED
     except UserError as e:
         tracker.finalize(status="failed", error=str(e))
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        tracker.finalize(status="interrupted")
-        print(f"\ninterrupted; run directory: {tracker.run_dir}", file=sys.stderr)
-        return EXIT_FAILED
     except Exception as e:
         tracker.finalize(status="failed", error=f"{type(e).__name__}: {e}")
         raise
+    report(result, name, tracker.run_dir)
+    return EXIT_BY_STATUS.get(result.status, EXIT_FAILED)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    """A summary number; non-finite ones arrive as strings ("nan", "inf")."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
+
+
+def report(result, name: str, run_dir: Path) -> None:
     s = result.summary
     print(f"\n{name}: {s['status']} after {s['steps']} steps, {s['tokens']:,} tokens, "
           f"{s['wallclock_s']:.1f}s training + {s['compile_s']:.1f}s compile")
+    if s["status"] == "diverged":
+        print(f"diverged at step {s['diverged_step']}: {s['divergence_reason']} (no checkpoint of it was written; "
+              f"best checkpoint: step {s.get('best_checkpoint_step')})")
+    if s["status"] == "interrupted":
+        print(f"interrupted by {s['interrupted_by']}: checkpoint saved at step {s['steps']}; "
+              f"continue with --resume {run_dir}")
     if s.get("final_val_loss") is not None:
-        bpb = f", {s['final_val_bpb']:.3f} bits/byte" if s.get("final_val_bpb") is not None else ""
-        print(f"validation loss: {s['final_val_loss']:.4f} nats/token{bpb} "
-              f"(best {s['best_val_loss']:.4f} at step {s['best_val_step']})")
+        bpb = f", {_fmt(s['final_val_bpb'], 3)} bits/byte" if s.get("final_val_bpb") is not None else ""
+        print(f"validation loss: {_fmt(s['final_val_loss'])} nats/token{bpb} "
+              f"(best {_fmt(s['best_val_loss'])} at step {s['best_val_step']})")
     if result.sample:
         print(f"\nsample:\n{result.sample}\n")
-    print(f"run directory: {tracker.run_dir}")
-    return EXIT_OK if s["status"] == "completed" else EXIT_FAILED
+    print(f"run directory: {run_dir}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == EXIT_ABORTED:  # a second signal: do not wait for background checkpoint writers
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.budget import calibration_step, out_of_time, planned_steps
+from jaxlm.checkpoint import RunCheckpoints
 from jaxlm.config import Config
 from jaxlm.data.sources import prepare
 from jaxlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer
@@ -29,6 +30,7 @@ from jaxlm.export import import_safetensors
 from jaxlm.generate import generate_text, make_decode_step
 from jaxlm.model import build_model
 from jaxlm.optim import build_optimizer, schedule_for
+from jaxlm.runguard import DivergenceGuard, StopSignals
 from jaxlm.steps import make_eval_step, make_train_step
 from jaxlm.tracking import ExperimentTracker
 
@@ -55,7 +57,7 @@ class RunResult:
 class Trainer:
     """One run: owns params, optimizer state and the compiled steps."""
 
-    def __init__(self, c: Config, tracker: ExperimentTracker, *, progress: bool = False):
+    def __init__(self, c: Config, tracker: ExperimentTracker | None = None, *, progress: bool = False):
         self.c, self.tracker, self.progress = c, tracker, progress
         self.device = select_device(c)
         files = prepare(c, progress=progress)
@@ -63,9 +65,8 @@ class Trainer:
         val = open_tokens(files.val, c.vocab_size, c.context_length)
         self.val_set = eval_batches(val.tokens, c.eval_batches, c.batch_size, c.context_length)
         self.val_bytes_per_token = val.bytes_per_token
+        self.tokenizer_path = files.tokenizer
         self.tokenizer = load_tokenizer(files.tokenizer) if files.tokenizer else None
-        if files.tokenizer:  # a run directory is self-contained: generate/export find it there
-            shutil.copyfile(files.tokenizer, tracker.run_dir / TOKENIZER_FILE)
         self.schedule = schedule_for(c)
         with jax.default_device(self.device):
             self.graphdef, self.params = nnx.split(build_model(c), nnx.Param)
@@ -81,7 +82,29 @@ class Trainer:
             self.compile_s = time.perf_counter() - t0
         self.decode_step = None
         self.step = 0  # updates applied so far
+        self.checkpoints: RunCheckpoints | None = None
+        self.resumed: dict = {}  # meta of the restored checkpoint, when resuming
         log.info("compiled in %.1fs", self.compile_s)
+
+    def restore(self, run_dir, which: str | int = "latest") -> int:
+        """Continue from a checkpoint of `run_dir` ("latest", "best" or a step); returns its step.
+
+        Checkpoints newer than the restored one are deleted: the resumed run rewrites that future.
+        """
+        self.checkpoints = RunCheckpoints(run_dir, self.c.keep_checkpoints)
+        self.params, self.opt_state, self.resumed = self.checkpoints.restore(which, self.params, self.opt_state)
+        self.step = self.resumed["step"]
+        if self.resumed.get("train_tokens", len(self.train_tokens)) != len(self.train_tokens):
+            raise ConfigError(f"training data changed since the checkpoint ({self.resumed['train_tokens']} tokens, "
+                              f"now {len(self.train_tokens)}): the data order would not continue")
+        self.checkpoints.drop_after(self.step)
+        return self.step
+
+    def checkpoint_meta(self, meter: "_Meter", guard: DivergenceGuard, best: dict) -> dict:
+        """Everything besides params/opt_state that continuing bit for bit needs (data order = seed + step)."""
+        return {"seed": self.c.seed, "train_tokens": len(self.train_tokens), "wallclock_s": meter.elapsed(),
+                "initial_loss": guard.initial_loss, "best_val_loss": best["val_loss"], "best_val_step": best["step"],
+                "window_losses": list(meter.losses)}
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         c = self.c
@@ -138,75 +161,105 @@ class Trainer:
         log.info("wall-clock budget: %.3fs/step, eval %.1fs -> schedule sized to %d steps", step_s, eval_s, steps)
         return eval_s
 
-    def run(self) -> RunResult:
+    def run(self, tracker: ExperimentTracker | None = None) -> RunResult:
         from tqdm import tqdm
 
-        c, tracker = self.c, self.tracker
+        c, tracker = self.c, tracker or self.tracker
+        self.tracker = tracker
+        if self.tokenizer_path:  # a run directory is self-contained: generate/export find it there
+            shutil.copyfile(self.tokenizer_path, tracker.run_dir / TOKENIZER_FILE)
+        ckpts = self.checkpoints = self.checkpoints or RunCheckpoints(tracker.run_dir, c.keep_checkpoints)
+        resumed = self.resumed
         counts = param_counts(c)
         tracker.write_summary(compile_s=self.compile_s, params_total=counts["total"],
                               params_non_embedding=counts["non_embedding"], device_kind=self.device.device_kind,
                               device_count=1, jax_version=jax.__version__, max_iterations=c.max_iterations,
                               flops_per_token=flops_per_token(c))
         bar = tqdm(total=c.max_iterations, initial=self.step, desc=tracker.name, disable=not self.progress, unit="step")
-        meter = _Meter(c, self.schedule, tracker, bar, self.step)
-        best = {"val_loss": math.inf, "step": None}
+        meter = _Meter(c, self.schedule, tracker, bar, self.step, resumed.get("wallclock_s", 0.0),
+                       resumed.get("window_losses", []))
+        best = {"val_loss": resumed.get("best_val_loss", math.inf), "step": resumed.get("best_val_step")}
+        guard = DivergenceGuard(c.divergence_factor, c.warmup_iters, resumed.get("initial_loss"))
         sample, stopped_by = None, "max_iterations"
         calibrate_at = calibration_step(c, self.step)
         step_times: dict[int, float] = {}
         eval_s = 0.0  # duration of the latest eval + sample
         pending = None  # (step, device metrics, eval results) not yet read back
-        with jax.default_device(self.device):
+        with jax.default_device(self.device), StopSignals() as stop:
             while self.step < self.c.max_iterations:
                 x, y = self.batch(self.step)
                 self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, x, y)
                 self.step += 1
-                if pending is not None:
-                    meter.consume(*pending)
+                if pending is not None and not meter.consume(*pending, guard=guard):
+                    pending = None
+                    break
                 if calibrate_at is not None and self.step <= calibrate_at:
                     step_times[self.step] = meter.elapsed() - meter.paused_total
-                if self.step == calibrate_at:
-                    eval_s = self._fit_schedule_to_budget(meter, step_times, bar)
+                    if self.step == calibrate_at:
+                        eval_s = self._fit_schedule_to_budget(meter, step_times, bar)
                 # stop early enough that the final eval still fits the budget
-                last = self.step == self.c.max_iterations or out_of_time(self.c, meter.elapsed() + eval_s)
+                out_of_budget = out_of_time(self.c, meter.elapsed() + eval_s)
+                last = self.step == self.c.max_iterations or out_of_budget
                 evals = None
                 if self.step % self.c.eval_interval == 0 or last:
                     t_eval = time.perf_counter()
                     evals, sample = self._eval_and_sample()
                     eval_s = time.perf_counter() - t_eval
                     meter.pause(eval_s)
-                    if evals["val_loss"] < best["val_loss"]:
-                        best.update(val_loss=evals["val_loss"], step=self.step)
                 pending = (self.step, metrics, evals)
+                val_ok = evals is None or guard.check_val(self.step, evals["val_loss"])
+                is_best = val_ok and evals is not None and evals["val_loss"] < best["val_loss"]
+                if not val_ok or is_best or stop.requested or last or self.step % self.c.checkpoint_interval == 0:
+                    # read this step's loss first: a diverged step's params are never saved
+                    if not meter.consume(*pending, guard=guard) or not val_ok:
+                        pending = None
+                        break
+                    pending = None
+                    if is_best:
+                        best.update(val_loss=evals["val_loss"], step=self.step)
+                    t_save = time.perf_counter()
+                    ckpts.save(self.step, self.params, self.opt_state, self.checkpoint_meta(meter, guard, best),
+                               val_loss=evals and evals["val_loss"])
+                    meter.pause(time.perf_counter() - t_save)
                 bar.update(1)
-                if last and self.step < self.c.max_iterations:
+                if stop.requested:
+                    break
+                if out_of_budget:
                     stopped_by = "wallclock"
                     break
             if pending is not None:
-                meter.consume(*pending)
+                meter.consume(*pending, guard=guard)
+            ckpts.close()  # waits for the async saves
+        bar.close()
         if calibrate_at is not None and self.c.max_iterations < c.max_iterations:
             stopped_by = "wallclock"  # the step count itself was sized to the budget
-        bar.close()
-        wallclock = meter.elapsed()
-        last = tracker.rows[-1] if tracker.rows else {}
+        status = "diverged" if guard.tripped else "interrupted" if stop.requested else "completed"
+        stop_fields = ({"diverged_step": guard.tripped["step"], "divergence_reason": guard.tripped["reason"]}
+                       if guard.tripped else {"interrupted_by": stop.requested} if stop.requested
+                       else {"stopped_by": stopped_by})
+        wallclock = meter.segment_elapsed()
+        last_row = tracker.rows[-1] if tracker.rows else {}
         summary = tracker.finalize(
-            status="completed", steps=self.step, tokens=self.step * c.tokens_per_step, wallclock_s=wallclock,
-            final_train_loss=meter.last_loss, final_val_loss=last.get("val_loss"),
-            final_val_perplexity=last.get("val_perplexity"), final_val_bpb=last.get("val_bpb"),
+            status=status, **stop_fields, checkpoint_steps=ckpts.steps, best_checkpoint_step=ckpts.best_step(),
+            steps=self.step, tokens=self.step * c.tokens_per_step, wallclock_s=wallclock,
+            final_train_loss=meter.last_loss, final_val_loss=last_row.get("val_loss"),
+            final_val_perplexity=last_row.get("val_perplexity"), final_val_bpb=last_row.get("val_bpb"),
             best_val_loss=best["val_loss"], best_val_step=best["step"],
-            mean_tokens_per_sec=self.step * c.tokens_per_step / max(wallclock - meter.paused_total, 1e-9),
-            flops_per_token=flops_per_token(c), stopped_by=stopped_by)
-        return RunResult("completed", summary, sample)
+            mean_tokens_per_sec=meter.mean_tokens_per_sec(self.step), flops_per_token=flops_per_token(c))
+        return RunResult(status, summary, sample)
 
 
 class _Meter:
     """Turns per-step device metrics into logged rows: mean train loss, tokens/s (eval time excluded)."""
 
-    def __init__(self, c: Config, schedule, tracker: ExperimentTracker, bar, start_step: int):
+    def __init__(self, c: Config, schedule, tracker: ExperimentTracker, bar, start_step: int,
+                 elapsed_before: float = 0.0, window_losses: list[float] = ()):
         self.c, self.schedule, self.tracker, self.bar = c, schedule, tracker, bar
-        self.start = self.last_time = time.perf_counter()
-        self.last_step = start_step
+        self.segment_start = self.last_time = time.perf_counter()
+        self.start = self.last_time - elapsed_before  # wall-clock continues across resumes
+        self.start_step = self.last_step = start_step
         self.paused = self.paused_total = 0.0
-        self.losses: list[float] = []
+        self.losses: list[float] = list(window_losses)  # train losses since the last logged row
         self.last_loss = float("nan")
 
     def pause(self, seconds: float) -> None:
@@ -214,24 +267,37 @@ class _Meter:
         self.paused_total += seconds
 
     def elapsed(self) -> float:
+        """Training wall-clock of the whole run, earlier segments (before a resume) included."""
         return time.perf_counter() - self.start
 
-    def consume(self, step: int, metrics, evals: dict | None) -> None:
+    def segment_elapsed(self) -> float:
+        """Wall-clock of this process's segment (the tracker adds the earlier segments itself)."""
+        return time.perf_counter() - self.segment_start
+
+    def mean_tokens_per_sec(self, step: int) -> float:
+        """Throughput of this process's share of the run, eval and checkpoint time excluded."""
+        seconds = time.perf_counter() - self.segment_start - self.paused_total
+        return (step - self.start_step) * self.c.tokens_per_step / max(seconds, 1e-9)
+
+    def consume(self, step: int, metrics, evals: dict | None, guard: DivergenceGuard | None = None) -> bool:
+        """Read one step's metrics, log a row when due; False when `guard` finds the run diverged."""
         c = self.c
         m = jax.device_get(metrics)
         self.last_loss = float(m["loss"])
         self.losses.append(self.last_loss)
-        if not (evals or step % c.log_interval == 0 or step == c.max_iterations):
-            return
+        ok = guard is None or guard.check(step, self.last_loss, float(m["grad_norm"]))
+        if ok and not (evals or step % c.log_interval == 0 or step == c.max_iterations):
+            return True
         now = time.perf_counter()
         tok_s = (step - self.last_step) * c.tokens_per_step / max(now - self.last_time - self.paused, 1e-9)
-        row = {"tokens": step * c.tokens_per_step, "wallclock_s": now - self.start,
+        row = {"tokens": step * c.tokens_per_step, "wallclock_s": now - self.segment_start,
                "train_loss": float(np.mean(self.losses)), "learning_rate": float(self.schedule(step)),
                "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tok_s, **(evals or {})}
         self.tracker.log_step(step, **row)
         self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}")
         self.losses.clear()
         self.last_time, self.last_step, self.paused = now, step, 0.0
+        return ok
 
 
 def run(c: Config, tracker: ExperimentTracker, *, progress: bool = False) -> RunResult:

@@ -1,6 +1,6 @@
 """EXPERIMENT_LOG.md: one entry per run whatever its status, appended, never rewritten, never interleaved.
 
-Launch is driven with `train.run` replaced by a fake loop that logs through the real tracker, so the
+Launch is driven with `train.Trainer` replaced by a fake loop that logs through the real tracker, so the
 CLI wiring (--experiment-log, --no-experiment-log, the --set overrides) is tested without compiling."""
 
 from __future__ import annotations
@@ -22,22 +22,28 @@ CONFIG = {"description": "log test", "vocab_size": 300, "context_length": 16, "d
 
 
 def fake_train(fail_at=None):
-    def run(config, tracker, progress=False):
-        for step in range(1, config.max_iterations + 1):
-            if step == fail_at:
-                raise RuntimeError("NaN in the attention logits")
-            evals = {"val_loss": 4.0 / step, "val_bpb": 1.0 / step} if step % config.eval_interval == 0 else {}
-            tracker.log_step(step, train_loss=5.0 / step, learning_rate=config.learning_rate, **evals)
-        summary = tracker.finalize("completed", compile_s=0.5, wallclock_s=1.5)
-        return train.RunResult("completed", summary, None)
-    return run
+    class FakeTrainer:
+        def __init__(self, config, tracker=None, progress=False):
+            self.config, self.step, self.resumed = config, 0, {}
+
+        def run(self, tracker):
+            config = self.config
+            for step in range(1, config.max_iterations + 1):
+                self.step = step
+                if step == fail_at:
+                    raise RuntimeError("NaN in the attention logits")
+                evals = {"val_loss": 4.0 / step, "val_bpb": 1.0 / step} if step % config.eval_interval == 0 else {}
+                tracker.log_step(step, train_loss=5.0 / step, learning_rate=config.learning_rate, **evals)
+            summary = tracker.finalize("completed", compile_s=0.5, wallclock_s=1.5)
+            return train.RunResult("completed", summary, None)
+    return FakeTrainer
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     (tmp_path / "cfg.json").write_text(json.dumps(CONFIG))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train, "run", fake_train())
+    monkeypatch.setattr(train, "Trainer", fake_train())
     return tmp_path
 
 
@@ -69,7 +75,7 @@ def test_log_path_option_and_opt_out(project):
 
 
 def test_a_failed_run_is_logged_too(project, monkeypatch):
-    monkeypatch.setattr(train, "run", fake_train(fail_at=5))
+    monkeypatch.setattr(train, "Trainer", fake_train(fail_at=5))
     with pytest.raises(RuntimeError):
         launch.main(["--config", "cfg.json", "--name", "boom", "--quiet"])
     text = (project / "EXPERIMENT_LOG.md").read_text()

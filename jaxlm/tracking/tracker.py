@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from jaxlm.config import RUN_METADATA_KEYS
 from jaxlm.tracking import explog, plots
 from jaxlm.tracking.mfu import model_flops_utilization, peak_flops
 from jaxlm.tracking.runs import read_rows
@@ -34,7 +35,7 @@ METRIC_COLUMNS = ("step", "tokens", "wallclock_s", "train_loss", "val_loss", "va
                   "learning_rate", "grad_norm", "tokens_per_sec", "mfu")
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 # keys config.json holds besides the config itself
-META_KEYS = ("name", "jaxlm_version", "git_commit", "git_dirty", "start_time", "config_file", "overrides")
+META_KEYS = RUN_METADATA_KEYS  # config.json keys that are not Config fields
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -95,7 +96,8 @@ class ExperimentTracker:
     def __init__(self, name: str | None = None, config: Any = None, output_dir: str | Path = "runs", *,
                  experiment_name: str | None = None, tensorboard: bool = True, make_plots: bool = True,
                  experiment_log: str | Path | None = None, config_file: str | None = None,
-                 overrides: Sequence[str] = (), resume_from_step: int | None = None):
+                 overrides: Sequence[str] = (), resume_from_step: int | None = None,
+                 resume_wallclock_s: float | None = None):
         self.name = name or experiment_name
         if not self.name:
             raise ValueError("ExperimentTracker needs a name")
@@ -112,6 +114,8 @@ class ExperimentTracker:
             self._start_new(config)
         else:
             self._reopen(config, resume_from_step)
+            if resume_wallclock_s is not None:  # the caller knows better than the last row (e.g. a checkpoint)
+                self.wallclock_offset = float(resume_wallclock_s)
         if make_plots:
             threading.Thread(target=plots.preload, name="matplotlib-preload", daemon=True).start()
         self.tb = None
@@ -126,13 +130,16 @@ class ExperimentTracker:
         self.write_summary()
 
     @classmethod
-    def resume(cls, run_dir: str | Path, from_step: int, config: Any = None, **kwargs: Any) -> "ExperimentTracker":
+    def resume(cls, run_dir: str | Path, from_step: int, config: Any = None, wallclock_s: float | None = None,
+               **kwargs: Any) -> "ExperimentTracker":
         """Reopen `run_dir` for a run restored at `from_step`: rows after it are dropped, logging appends,
-        TensorBoard hides its stale events, wall-clock continues from the last kept row."""
+        TensorBoard hides its stale events, wall-clock continues from `wallclock_s` (default: the last
+        kept row's); the caller's clock then counts from zero in this process."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
             raise FileNotFoundError(f"'{run_dir}' has no config.json: not a run directory to resume")
-        return cls(run_dir.name, config, run_dir.parent, resume_from_step=from_step, **kwargs)
+        return cls(run_dir.name, config, run_dir.parent, resume_from_step=from_step,
+                   resume_wallclock_s=wallclock_s, **kwargs)
 
     # --- opening ---------------------------------------------------------------------------------
 
