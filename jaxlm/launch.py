@@ -74,16 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.output_dir) / name
         if run_dir.exists():
             raise UserError(f"run directory '{run_dir}' already exists: choose another --name")
+        from jaxlm import distributed, sharding
+
+        distributed.initialize_from_env()  # multi-process runs: waits for every process (all checked, none wrote)
+        sharding.check_mesh(config)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
     from jaxlm import train
-    from jaxlm.tracking import ExperimentTracker
 
-    tracker = ExperimentTracker(name, {"name": name, **config.to_dict()}, args.output_dir)
+    primary = distributed.is_primary()
+    tracker = distributed.make_tracker(name, {"name": name, **config.to_dict()}, args.output_dir)
     try:
-        result = train.run(config, tracker, progress=not args.quiet)
+        result = train.run(config, tracker, progress=primary and not args.quiet)
     except UserError as e:
         tracker.finalize(status="failed", error=str(e))
         print(f"error: {e}", file=sys.stderr)
@@ -92,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         tracker.finalize(status="failed", error=f"{type(e).__name__}: {e}")
         raise
     s = result.summary
+    if not primary:
+        return EXIT_OK if s["status"] == "completed" else EXIT_FAILED
     print(f"\n{name}: {s['status']} after {s['steps']} steps, {s['tokens']:,} tokens, "
           f"{s['wallclock_s']:.1f}s training + {s['compile_s']:.1f}s compile")
     if s.get("final_val_loss") is not None:

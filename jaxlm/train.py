@@ -14,31 +14,19 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
 from jaxlm.config import Config
 from jaxlm.data.sources import prepare
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.data.tokens import batch_at, eval_batches, open_tokens
-from jaxlm.errors import ConfigError
 from jaxlm.flops import flops_per_token, param_counts
 from jaxlm.generate import generate_text, make_decode_step
-from jaxlm.model import build_model
+from jaxlm.hardware import mfu, peak_flops_for
 from jaxlm.optim import build_optimizer, schedule_for
-from jaxlm.steps import make_eval_step, make_train_step
+from jaxlm.sharding import build_mesh, compile_eval_step, compile_train_step, describe_mesh, init_state
 from jaxlm.tracking import ExperimentTracker
 
 log = logging.getLogger(__name__)
-
-
-def select_device(c: Config) -> jax.Device:
-    """The first device of the configured backend (or JAX's default); ConfigError if absent."""
-    if c.device is None:
-        return jax.devices()[0]
-    try:
-        return jax.devices(c.device)[0]
-    except RuntimeError:
-        raise ConfigError(f"config key 'device': no '{c.device}' backend here (available: {jax.default_backend()})") from None
 
 
 @dataclass
@@ -53,7 +41,8 @@ class Trainer:
 
     def __init__(self, c: Config, tracker: ExperimentTracker, *, progress: bool = False):
         self.c, self.tracker, self.progress = c, tracker, progress
-        self.device = select_device(c)
+        self.mesh = build_mesh(c)  # all devices of all processes; see jaxlm/sharding.py
+        self.device = self.mesh.local_devices[0]
         files = prepare(c, progress=progress)
         self.train_tokens = open_tokens(files.train, c.vocab_size, c.context_length).tokens
         val = open_tokens(files.val, c.vocab_size, c.context_length)
@@ -61,22 +50,23 @@ class Trainer:
         self.val_bytes_per_token = val.bytes_per_token
         self.tokenizer = load_tokenizer(files.tokenizer) if files.tokenizer else None
         self.schedule = schedule_for(c)
-        with jax.default_device(self.device):
-            self.graphdef, self.params = nnx.split(build_model(c), nnx.Param)
-            tx = build_optimizer(c)
-            self.opt_state = tx.init(self.params)
-            t0 = time.perf_counter()
-            x0, y0 = self.batch(0)
-            self.train_step = make_train_step(self.graphdef, tx).lower(self.params, self.opt_state, x0, y0).compile()
-            self.eval_step = make_eval_step(self.graphdef).lower(self.params, *self.val_set[0]).compile()
-            self.compile_s = time.perf_counter() - t0
+        tx = build_optimizer(c)
+        self.graphdef, self.params, self.opt_state, self.layout = init_state(c, tx, self.mesh)
+        self.rows = self.layout.local_rows(c.batch_size)  # this process's rows of every global batch
+        self.val_set = [self.layout.put_batch(x[self.rows], y[self.rows], c.batch_size) for x, y in self.val_set]
+        t0 = time.perf_counter()
+        self.train_step = compile_train_step(c, self.graphdef, tx, self.layout, self.params, self.opt_state)
+        self.eval_step = compile_eval_step(c, self.graphdef, self.layout, self.params)
+        self.compile_s = time.perf_counter() - t0
         self.decode_step = None
         self.step = 0  # updates applied so far
         log.info("compiled in %.1fs", self.compile_s)
 
-    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, step: int) -> tuple[jax.Array, jax.Array]:
+        """Global batch `step`, sharded over the mesh; this process reads only its own rows."""
         c = self.c
-        return batch_at(self.train_tokens, c.seed, step, c.batch_size, c.context_length)
+        x, y = batch_at(self.train_tokens, c.seed, step, c.batch_size, c.context_length, rows=self.rows)
+        return self.layout.put_batch(x, y, c.batch_size)
 
     def evaluate(self) -> dict[str, float]:
         """Mean loss over the fixed validation batches, as nats/token, perplexity and bits/byte."""
@@ -105,9 +95,9 @@ class Trainer:
         counts = param_counts(c)
         tracker.write_summary(compile_s=self.compile_s, params_total=counts["total"],
                               params_non_embedding=counts["non_embedding"], device_kind=self.device.device_kind,
-                              device_count=1, jax_version=jax.__version__, max_iterations=c.max_iterations)
+                              **describe_mesh(self.mesh), jax_version=jax.__version__, max_iterations=c.max_iterations)
         bar = tqdm(total=c.max_iterations, initial=self.step, desc=tracker.name, disable=not self.progress, unit="step")
-        meter = _Meter(c, self.schedule, tracker, bar, self.step)
+        meter = _Meter(c, self.schedule, tracker, bar, self.step, self.mesh.size, peak_flops_for(self.device, c.dtype))
         best = {"val_loss": math.inf, "step": None}
         sample = None
         pending = None  # (step, device metrics, eval results) not yet read back
@@ -140,7 +130,7 @@ class Trainer:
             final_train_loss=meter.last_loss, final_val_loss=last.get("val_loss"),
             final_val_perplexity=last.get("val_perplexity"), final_val_bpb=last.get("val_bpb"),
             best_val_loss=best["val_loss"], best_val_step=best["step"],
-            mean_tokens_per_sec=self.step * c.tokens_per_step / max(wallclock - meter.paused_total, 1e-9),
+            **meter.throughput(self.step * c.tokens_per_step / max(wallclock - meter.paused_total, 1e-9), "mean_"),
             flops_per_token=flops_per_token(c))
         return RunResult("completed", summary, sample)
 
@@ -148,8 +138,10 @@ class Trainer:
 class _Meter:
     """Turns per-step device metrics into logged rows: mean train loss, tokens/s (eval time excluded)."""
 
-    def __init__(self, c: Config, schedule, tracker: ExperimentTracker, bar, start_step: int):
+    def __init__(self, c: Config, schedule, tracker: ExperimentTracker, bar, start_step: int,
+                 device_count: int = 1, peak_flops: float | None = None):
         self.c, self.schedule, self.tracker, self.bar = c, schedule, tracker, bar
+        self.device_count, self.peak_flops, self.flops_per_token = device_count, peak_flops, flops_per_token(c)
         self.start = self.last_time = time.perf_counter()
         self.last_step = start_step
         self.paused = self.paused_total = 0.0
@@ -163,6 +155,11 @@ class _Meter:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
+    def throughput(self, tok_s: float, prefix: str = "") -> dict[str, float | None]:
+        """Global and per-device tokens/s and MFU (None on devices without a known peak)."""
+        return {f"{prefix}tokens_per_sec": tok_s, f"{prefix}tokens_per_sec_per_device": tok_s / self.device_count,
+                "mfu": mfu(tok_s, self.flops_per_token, self.device_count, self.peak_flops)}
+
     def consume(self, step: int, metrics, evals: dict | None) -> None:
         c = self.c
         m = jax.device_get(metrics)
@@ -174,7 +171,7 @@ class _Meter:
         tok_s = (step - self.last_step) * c.tokens_per_step / max(now - self.last_time - self.paused, 1e-9)
         row = {"tokens": step * c.tokens_per_step, "wallclock_s": now - self.start,
                "train_loss": float(np.mean(self.losses)), "learning_rate": float(self.schedule(step)),
-               "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tok_s, **(evals or {})}
+               "grad_norm": float(m["grad_norm"]), **self.throughput(tok_s), **(evals or {})}
         self.tracker.log_step(step, **row)
         self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}")
         self.losses.clear()
