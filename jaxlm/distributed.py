@@ -15,11 +15,12 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from jaxlm.errors import UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENV_COORDINATOR = "JAXLM_COORDINATOR"  # host:port of process 0
 ENV_NUM_PROCESSES = "JAXLM_NUM_PROCESSES"
@@ -80,6 +81,20 @@ def is_primary() -> bool:
     import jax
 
     return jax.process_index() == 0
+
+
+def primary_first(fn: Callable[[], T]) -> T:
+    """Run `fn` on process 0, then (after a barrier) on the others: for work such as tokenizing into
+    a shared cache, which the others then find done instead of racing to write it."""
+    import jax
+
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    result = fn() if is_primary() else None
+    multihost_utils.sync_global_devices("jaxlm.primary_first")
+    return result if is_primary() else fn()
 
 
 class NullTracker:

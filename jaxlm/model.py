@@ -63,7 +63,7 @@ def causal_attention(q_BxTxHxD: jax.Array, k_BxSxHxD: jax.Array, v_BxSxHxD: jax.
                      q_positions_T: jax.Array, k_positions_S: jax.Array) -> jax.Array:
     """Softmax attention in float32; query i sees keys whose position <= its own."""
     scale = 1.0 / math.sqrt(q_BxTxHxD.shape[-1])
-    scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxD, k_BxSxHxD).astype(jnp.float32) * scale
+    scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxD, k_BxSxHxD, preferred_element_type=jnp.float32) * scale
     mask_TxS = k_positions_S[None, :] <= q_positions_T[:, None]
     scores_BxHxTxS = jnp.where(mask_TxS, scores_BxHxTxS, -jnp.inf)
     probs = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxD.dtype)
@@ -150,12 +150,10 @@ class Transformer(nnx.Module):
         return jnp.take(self.token_embeddings[...], ids_BxT, axis=0).astype(self.dtype)
 
     def logits(self, x_BxTxD: jax.Array) -> jax.Array:
+        """The head matmul runs in the compute dtype but accumulates and returns float32 (no bf16 logits)."""
         x = self.ln_final(x_BxTxD)
-        if self.lm_head is None:
-            out = x.astype(self.dtype) @ self.token_embeddings[...].astype(self.dtype).T
-        else:
-            out = self.lm_head(x)
-        return out.astype(jnp.float32)
+        w_DxV = self.token_embeddings[...].T if self.lm_head is None else self.lm_head.weight[...]
+        return jnp.matmul(x.astype(self.dtype), w_DxV.astype(self.dtype), preferred_element_type=jnp.float32)
 
     def __call__(self, ids_BxT: jax.Array) -> jax.Array:
         positions_T = jnp.arange(ids_BxT.shape[1])

@@ -69,7 +69,7 @@ def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, g
         loss, grads = grad_fn(params, x_BxT, y_BxT)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
 

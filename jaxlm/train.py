@@ -19,6 +19,7 @@ from jaxlm.config import Config
 from jaxlm.data.sources import prepare
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.data.tokens import batch_at, eval_batches, open_tokens
+from jaxlm.distributed import primary_first
 from jaxlm.flops import flops_per_token, param_counts
 from jaxlm.generate import generate_text, make_decode_step
 from jaxlm.hardware import mfu, peak_flops_for
@@ -43,7 +44,7 @@ class Trainer:
         self.c, self.tracker, self.progress = c, tracker, progress
         self.mesh = build_mesh(c)  # all devices of all processes; see jaxlm/sharding.py
         self.device = self.mesh.local_devices[0]
-        files = prepare(c, progress=progress)
+        files = primary_first(lambda: prepare(c, progress=progress))  # one process fills a shared cache
         self.train_tokens = open_tokens(files.train, c.vocab_size, c.context_length).tokens
         val = open_tokens(files.val, c.vocab_size, c.context_length)
         self.val_set = eval_batches(val.tokens, c.eval_batches, c.batch_size, c.context_length)
