@@ -141,3 +141,15 @@ def test_mesh_shape_resolution_and_errors():
 def test_config_rejects_bad_scale_out_keys(bad, key):
     with pytest.raises(ConfigError, match=key):
         build_config({**TINY, **bad})
+
+
+def test_launch_rejects_a_mesh_that_does_not_fit_before_writing(tmp_path, cache_dir, capsys):
+    from jaxlm import launch
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    code = launch.main(["--config", str(config), "--output-dir", str(tmp_path / "runs"), "--quiet",
+                        "--set", "mesh_data=3"])
+    assert code == 2
+    assert "mesh_data" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
