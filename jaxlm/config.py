@@ -75,6 +75,11 @@ class Config:
     ffn: Literal["swiglu", "silu"] = "swiglu"
     tie_embeddings: bool = False
 
+    # --- scale-out (jaxlm/sharding.py): device mesh and micro-batching ---
+    mesh_data: int = -1  # data-parallel axis size; -1 = all devices not used by the other axis
+    mesh_fsdp: int = 1  # axis that params and optimizer state are sharded over; -1 = all remaining
+    grad_accum_steps: int = 1  # micro-batches per update (batch_size is the global batch)
+
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
@@ -250,5 +255,19 @@ def validate(c: Config) -> None:
         raise ConfigError("config key 'schedule_by': 'wallclock' needs max_wallclock_seconds to be set")
     if c.divergence_factor <= 1:
         raise ConfigError(f"config key 'divergence_factor': must be > 1, got {c.divergence_factor}")
+    validate_scale_out(c)
     if c.sample_tokens < 0:
         raise ConfigError(f"config key 'sample_tokens': must be >= 0, got {c.sample_tokens}")
+
+
+def validate_scale_out(c: Config) -> None:
+    """Mesh and micro-batch checks that need no devices (device counts are checked in jaxlm.sharding)."""
+    for key in ("mesh_data", "mesh_fsdp"):
+        if getattr(c, key) == 0 or getattr(c, key) < -1:
+            raise ConfigError(f"config key '{key}': must be -1 (all remaining devices) or positive, got {getattr(c, key)}")
+    if c.mesh_data == -1 and c.mesh_fsdp == -1:
+        raise ConfigError("config key 'mesh_fsdp': at most one of mesh_data and mesh_fsdp may be -1")
+    if c.grad_accum_steps <= 0:
+        raise ConfigError(f"config key 'grad_accum_steps': must be positive, got {c.grad_accum_steps}")
+    if c.batch_size % c.grad_accum_steps:
+        raise ConfigError(f"config key 'grad_accum_steps': batch_size={c.batch_size} is not divisible by {c.grad_accum_steps}")

@@ -95,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             if step >= config.max_iterations:
                 raise UserError(f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
                                 f"{config.max_iterations}; continue further with --set max_iterations=N")
-        from jaxlm import train
+        from jaxlm import distributed, sharding, train
 
+        distributed.initialize_from_env()  # multi-process runs: waits for every process (all checked, none wrote)
+        sharding.check_mesh(config)
         # Data preparation and checks, compile and (on resume) the checkpoint restore all happen
         # before the run directory is created or touched.
-        trainer = train.Trainer(config, progress=not args.quiet)
+        trainer = train.Trainer(config, progress=not args.quiet and distributed.is_primary())
         if args.resume is not None:
             trainer.restore(run_dir, which)
     except UserError as e:
@@ -111,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
     log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(run_dir.parent))
     tracking = {"experiment_log": log_path, "overrides": args.overrides}
-    if args.resume is not None:
+    primary = distributed.is_primary()
+    if not primary:  # only process 0 writes the run directory
+        tracker = distributed.NullTracker(name, {"name": name, **config.to_dict()}, run_dir.parent)
+    elif args.resume is not None:
         save_config(run_dir, config)
         tracker = ExperimentTracker.resume(run_dir, trainer.step, config={"name": name, **config.to_dict()},
                                            wallclock_s=trainer.resumed.get("wallclock_s", 0.0), **tracking)
@@ -133,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         tracker.finalize(status="failed", error=f"{type(e).__name__}: {e}")
         raise
-    report(result, name, tracker.run_dir)
+    if primary:
+        report(result, name, tracker.run_dir)
     return EXIT_BY_STATUS.get(result.status, EXIT_FAILED)
 
 

@@ -8,6 +8,7 @@ PyTorch (out_features, in_features) layout.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -47,6 +48,32 @@ class RMSNorm(nnx.Module):
         return (y * self.weight[...]).astype(x.dtype)
 
 
+def einsum_f32(eq: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """einsum of compute-dtype operands accumulated into and returned as float32 (attention scores,
+    logits), whose backward pass still runs as compute-dtype matmuls rather than float32 ones."""
+    if a.dtype == jnp.float32 and b.dtype == jnp.float32:
+        return jnp.einsum(eq, a, b)
+    return _einsum_f32(eq, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum_f32(eq, a, b):
+    return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32)
+
+
+def _einsum_f32_fwd(eq, a, b):
+    return _einsum_f32(eq, a, b), (a, b)
+
+
+def _einsum_f32_bwd(eq, ab, g):
+    a, b = ab
+    _, vjp = jax.vjp(lambda a, b: jnp.einsum(eq, a, b), a, b)
+    return vjp(g.astype(jnp.result_type(a, b)))
+
+
+_einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
+
+
 def apply_rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, theta: float) -> jax.Array:
     """Rotate adjacent pairs (x[2j], x[2j+1]) by angle pos * theta^(-2j/d)."""
     d = x_BxTxHxD.shape[-1]
@@ -63,7 +90,7 @@ def causal_attention(q_BxTxHxD: jax.Array, k_BxSxHxD: jax.Array, v_BxSxHxD: jax.
                      q_positions_T: jax.Array, k_positions_S: jax.Array) -> jax.Array:
     """Softmax attention in float32; query i sees keys whose position <= its own."""
     scale = 1.0 / math.sqrt(q_BxTxHxD.shape[-1])
-    scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxD, k_BxSxHxD).astype(jnp.float32) * scale
+    scores_BxHxTxS = einsum_f32("bthd,bshd->bhts", q_BxTxHxD, k_BxSxHxD) * scale
     mask_TxS = k_positions_S[None, :] <= q_positions_T[:, None]
     scores_BxHxTxS = jnp.where(mask_TxS, scores_BxHxTxS, -jnp.inf)
     probs = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxD.dtype)
@@ -150,12 +177,10 @@ class Transformer(nnx.Module):
         return jnp.take(self.token_embeddings[...], ids_BxT, axis=0).astype(self.dtype)
 
     def logits(self, x_BxTxD: jax.Array) -> jax.Array:
+        """The head matmul runs in the compute dtype but accumulates and returns float32 (no bf16 logits)."""
         x = self.ln_final(x_BxTxD)
-        if self.lm_head is None:
-            out = x.astype(self.dtype) @ self.token_embeddings[...].astype(self.dtype).T
-        else:
-            out = self.lm_head(x)
-        return out.astype(jnp.float32)
+        w_DxV = self.token_embeddings[...].T if self.lm_head is None else self.lm_head.weight[...]
+        return einsum_f32("btd,dv->btv", x.astype(self.dtype), w_DxV.astype(self.dtype))
 
     def __call__(self, ids_BxT: jax.Array) -> jax.Array:
         positions_T = jnp.arange(ids_BxT.shape[1])

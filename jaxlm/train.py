@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
 from jaxlm.budget import calibration_step, out_of_time, planned_steps
 from jaxlm.checkpoint import RunCheckpoints
@@ -24,27 +23,17 @@ from jaxlm.config import Config
 from jaxlm.data.sources import prepare
 from jaxlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer
 from jaxlm.data.tokens import batch_at, eval_batches, open_tokens
-from jaxlm.errors import ConfigError
+from jaxlm.distributed import is_primary, primary_first
 from jaxlm.flops import flops_per_token, param_counts
 from jaxlm.export import import_safetensors
 from jaxlm.generate import generate_text, make_decode_step
-from jaxlm.model import build_model
+from jaxlm.hardware import mfu, peak_flops_for
 from jaxlm.optim import build_optimizer, schedule_for
 from jaxlm.runguard import DivergenceGuard, StopSignals
-from jaxlm.steps import make_eval_step, make_train_step
+from jaxlm.sharding import build_mesh, compile_eval_step, compile_train_step, describe_mesh, init_state
 from jaxlm.tracking import ExperimentTracker
 
 log = logging.getLogger(__name__)
-
-
-def select_device(c: Config) -> jax.Device:
-    """The first device of the configured backend (or JAX's default); ConfigError if absent."""
-    if c.device is None:
-        return jax.devices()[0]
-    try:
-        return jax.devices(c.device)[0]
-    except RuntimeError:
-        raise ConfigError(f"config key 'device': no '{c.device}' backend here (available: {jax.default_backend()})") from None
 
 
 @dataclass
@@ -59,8 +48,9 @@ class Trainer:
 
     def __init__(self, c: Config, tracker: ExperimentTracker | None = None, *, progress: bool = False):
         self.c, self.tracker, self.progress = c, tracker, progress
-        self.device = select_device(c)
-        files = prepare(c, progress=progress)
+        self.mesh = build_mesh(c)  # all devices of all processes; see jaxlm/sharding.py
+        self.device = self.mesh.local_devices[0]
+        files = primary_first(lambda: prepare(c, progress=progress))  # one process fills a shared cache
         self.train_tokens = open_tokens(files.train, c.vocab_size, c.context_length).tokens
         val = open_tokens(files.val, c.vocab_size, c.context_length)
         self.val_set = eval_batches(val.tokens, c.eval_batches, c.batch_size, c.context_length)
@@ -68,18 +58,17 @@ class Trainer:
         self.tokenizer_path = files.tokenizer
         self.tokenizer = load_tokenizer(files.tokenizer) if files.tokenizer else None
         self.schedule = schedule_for(c)
-        with jax.default_device(self.device):
-            self.graphdef, self.params = nnx.split(build_model(c), nnx.Param)
-            if c.init_from:
-                self.params = import_safetensors(c.init_from, c)[0]
-            tx = build_optimizer(c)
-            self.opt_state = tx.init(self.params)
-            t0 = time.perf_counter()
-            x0, y0 = self.batch(0)
-            self.train_step = make_train_step(self.graphdef, tx).lower(self.params, self.opt_state, x0, y0).compile()
-            self.train_compile_s = time.perf_counter() - t0
-            self.eval_step = make_eval_step(self.graphdef).lower(self.params, *self.val_set[0]).compile()
-            self.compile_s = time.perf_counter() - t0
+        tx = build_optimizer(c)
+        self.graphdef, self.params, self.opt_state, self.layout = init_state(c, tx, self.mesh)
+        if c.init_from:
+            self.params = jax.device_put(import_safetensors(c.init_from, c)[0], self.layout.params)
+        self.rows = self.layout.local_rows(c.batch_size)  # this process's rows of every global batch
+        self.val_set = [self.layout.put_batch(x[self.rows], y[self.rows], c.batch_size) for x, y in self.val_set]
+        t0 = time.perf_counter()
+        self.train_step = compile_train_step(c, self.graphdef, tx, self.layout, self.params, self.opt_state)
+        self.train_compile_s = time.perf_counter() - t0
+        self.eval_step = compile_eval_step(c, self.graphdef, self.layout, self.params)
+        self.compile_s = time.perf_counter() - t0
         self.decode_step = None
         self.step = 0  # updates applied so far
         self.checkpoints: RunCheckpoints | None = None
@@ -106,9 +95,11 @@ class Trainer:
                 "initial_loss": guard.initial_loss, "best_val_loss": best["val_loss"], "best_val_step": best["step"],
                 "window_losses": list(meter.losses)}
 
-    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, step: int) -> tuple[jax.Array, jax.Array]:
+        """Global batch `step`, sharded over the mesh; this process reads only its own rows."""
         c = self.c
-        return batch_at(self.train_tokens, c.seed, step, c.batch_size, c.context_length)
+        x, y = batch_at(self.train_tokens, c.seed, step, c.batch_size, c.context_length, rows=self.rows)
+        return self.layout.put_batch(x, y, c.batch_size)
 
     def evaluate(self) -> dict[str, float]:
         """Mean loss over the fixed validation batches, as nats/token, perplexity and bits/byte."""
@@ -151,10 +142,9 @@ class Trainer:
         self.c = dataclasses.replace(self.c, cosine_cycle_iters=steps, max_iterations=steps)
         self.schedule = meter.schedule = schedule_for(self.c)
         meter.c = self.c
-        x, y = self.batch(self.step)
         t0 = time.perf_counter()
-        self.train_step = make_train_step(self.graphdef, build_optimizer(self.c)).lower(
-            self.params, self.opt_state, x, y).compile()
+        self.train_step = compile_train_step(self.c, self.graphdef, build_optimizer(self.c), self.layout,
+                                             self.params, self.opt_state)
         meter.pause(time.perf_counter() - t0)
         self.tracker.update_config(cosine_cycle_iters=steps, max_iterations=steps)
         bar.total = steps
@@ -166,18 +156,19 @@ class Trainer:
 
         c, tracker = self.c, tracker or self.tracker
         self.tracker = tracker
-        if self.tokenizer_path:  # a run directory is self-contained: generate/export find it there
+        if self.tokenizer_path and is_primary() and tracker.run_dir.is_dir():  # a run directory is self-contained: generate/export find it there
             shutil.copyfile(self.tokenizer_path, tracker.run_dir / TOKENIZER_FILE)
         ckpts = self.checkpoints = self.checkpoints or RunCheckpoints(tracker.run_dir, c.keep_checkpoints)
         resumed = self.resumed
         counts = param_counts(c)
         tracker.write_summary(compile_s=self.compile_s, params_total=counts["total"],
                               params_non_embedding=counts["non_embedding"], device_kind=self.device.device_kind,
-                              device_count=1, jax_version=jax.__version__, max_iterations=c.max_iterations,
+                              **describe_mesh(self.mesh), jax_version=jax.__version__, max_iterations=c.max_iterations,
+                              peak_flops_per_device=peak_flops_for(self.device, c.dtype),
                               flops_per_token=flops_per_token(c))
         bar = tqdm(total=c.max_iterations, initial=self.step, desc=tracker.name, disable=not self.progress, unit="step")
         meter = _Meter(c, self.schedule, tracker, bar, self.step, resumed.get("wallclock_s", 0.0),
-                       resumed.get("window_losses", []))
+                       resumed.get("window_losses", []), self.mesh.size, tracker.summary.get("peak_flops_per_device"))
         best = {"val_loss": resumed.get("best_val_loss", math.inf), "step": resumed.get("best_val_step")}
         guard = DivergenceGuard(c.divergence_factor, c.warmup_iters, resumed.get("initial_loss"))
         sample, stopped_by = None, "max_iterations"
@@ -245,7 +236,7 @@ class Trainer:
             final_train_loss=meter.last_loss, final_val_loss=last_row.get("val_loss"),
             final_val_perplexity=last_row.get("val_perplexity"), final_val_bpb=last_row.get("val_bpb"),
             best_val_loss=best["val_loss"], best_val_step=best["step"],
-            mean_tokens_per_sec=meter.mean_tokens_per_sec(self.step), flops_per_token=flops_per_token(c))
+            **meter.throughput(meter.mean_tokens_per_sec(self.step), "mean_"), flops_per_token=flops_per_token(c))
         return RunResult(status, summary, sample)
 
 
@@ -253,8 +244,10 @@ class _Meter:
     """Turns per-step device metrics into logged rows: mean train loss, tokens/s (eval time excluded)."""
 
     def __init__(self, c: Config, schedule, tracker: ExperimentTracker, bar, start_step: int,
-                 elapsed_before: float = 0.0, window_losses: list[float] = ()):
+                 elapsed_before: float = 0.0, window_losses: list[float] = (), device_count: int = 1,
+                 peak_flops: float | None = None):
         self.c, self.schedule, self.tracker, self.bar = c, schedule, tracker, bar
+        self.device_count, self.peak_flops, self.flops_per_token = device_count, peak_flops, flops_per_token(c)
         self.segment_start = self.last_time = time.perf_counter()
         self.start = self.last_time - elapsed_before  # wall-clock continues across resumes
         self.start_step = self.last_step = start_step
@@ -274,6 +267,11 @@ class _Meter:
         """Wall-clock of this process's segment (the tracker adds the earlier segments itself)."""
         return time.perf_counter() - self.segment_start
 
+    def throughput(self, tok_s: float, prefix: str = "") -> dict[str, float | None]:
+        """Global and per-device tokens/s and MFU (None on devices without a known peak)."""
+        return {f"{prefix}tokens_per_sec": tok_s, f"{prefix}tokens_per_sec_per_device": tok_s / self.device_count,
+                "mfu": mfu(tok_s, self.flops_per_token, self.device_count, self.peak_flops)}
+
     def mean_tokens_per_sec(self, step: int) -> float:
         """Throughput of this process's share of the run, eval and checkpoint time excluded."""
         seconds = time.perf_counter() - self.segment_start - self.paused_total
@@ -292,7 +290,7 @@ class _Meter:
         tok_s = (step - self.last_step) * c.tokens_per_step / max(now - self.last_time - self.paused, 1e-9)
         row = {"tokens": step * c.tokens_per_step, "wallclock_s": now - self.segment_start,
                "train_loss": float(np.mean(self.losses)), "learning_rate": float(self.schedule(step)),
-               "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tok_s, **(evals or {})}
+               "grad_norm": float(m["grad_norm"]), **self.throughput(tok_s), **(evals or {})}
         self.tracker.log_step(step, **row)
         self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}")
         self.losses.clear()

@@ -24,7 +24,7 @@ def load_events(run_dir):
 
 def write_run(tmp_path, steps=12, offset=0.0, tracker=None, first=1):
     tracker = tracker or ExperimentTracker("tb", CONFIG, tmp_path, make_plots=False)
-    tracker.write_summary(device_kind="TPU v4", device_count=1, flops_per_token=1e6)
+    tracker.write_summary(device_kind="TPU v4", peak_flops_per_device=275e12, device_count=1, flops_per_token=1e6)
     for step in range(first, steps + 1):
         row = {"train_loss": 4.0 / step + offset, "learning_rate": 1e-3 * step / steps, "grad_norm": 0.1 * step,
                "tokens_per_sec": 1000.0 + step, "wallclock_s": float(step)}

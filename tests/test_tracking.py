@@ -166,10 +166,10 @@ def test_resume_drops_later_rows_and_continues_the_clock(tmp_path):
 
 def test_mfu_is_filled_when_the_device_peak_is_known(tmp_path):
     tracker = ExperimentTracker("m", {}, tmp_path, tensorboard=False, make_plots=False)
-    tracker.write_summary(device_kind="NVIDIA H100 80GB HBM3", device_count=2, flops_per_token=1e9)
+    tracker.write_summary(peak_flops_per_device=989e12, device_count=2, flops_per_token=1e9)
     row = tracker.log_step(1, train_loss=1.0, tokens_per_sec=1e5)
     assert row["mfu"] == pytest.approx(1e5 * 1e9 / (2 * 989e12))
-    tracker.write_summary(device_kind="cpu")
+    tracker.write_summary(peak_flops_per_device=None)  # e.g. a CPU: no published peak, no MFU
     assert tracker.log_step(2, train_loss=1.0, tokens_per_sec=1e5)["mfu"] is None
 
 

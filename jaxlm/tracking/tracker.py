@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from jaxlm.config import RUN_METADATA_KEYS
 from jaxlm.tracking import explog, plots
-from jaxlm.tracking.mfu import model_flops_utilization, peak_flops
+from jaxlm.hardware import mfu
 from jaxlm.tracking.runs import read_rows
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,9 @@ class ExperimentTracker:
             row["tokens"] = step * tokens_per_step if tokens_per_step else None
         if row.get("mfu") is None:
             s = self.summary
-            peak = s.get("peak_flops_per_device") or peak_flops(s.get("device_kind"))
-            row["mfu"] = model_flops_utilization(tokens_per_sec, s.get("flops_per_token"), peak, s.get("device_count"))
+            if s.get("peak_flops_per_device") and s.get("flops_per_token") and tokens_per_sec:
+                row["mfu"] = mfu(tokens_per_sec, s["flops_per_token"], s.get("device_count") or 1,
+                                 s["peak_flops_per_device"])
         ordered = {k: row.get(k) for k in METRIC_COLUMNS}
         ordered.update({k: v for k, v in row.items() if k not in ordered})
         row = {k: _clean(v) for k, v in ordered.items()}
