@@ -50,3 +50,23 @@ def tiny_config():
         return build_config({**TINY_MODEL, **overrides})
 
     return make
+
+
+def shared_token_cache(tmp_path_factory, values: dict):
+    """Generator for a module-scoped fixture: one token cache, prepared once for `values`, that the
+    module's runs (and subprocesses, which inherit the environment) all read."""
+    import os
+
+    from jaxlm.data.sources import prepare
+
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("JAXLM_CACHE_DIR")
+    os.environ["JAXLM_CACHE_DIR"] = str(path)
+    try:
+        prepare(build_config(values))
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("JAXLM_CACHE_DIR")
+        else:
+            os.environ["JAXLM_CACHE_DIR"] = old

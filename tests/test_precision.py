@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import shared_token_cache
 from jaxlm.config import build_config
 from jaxlm.distributed import NullTracker
 from jaxlm.hardware import device_peak, mfu, peak_flops
@@ -60,16 +61,8 @@ def test_float32_has_no_bf16_anywhere():
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    import os
-
-    from jaxlm.data.sources import prepare
-
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("JAXLM_CACHE_DIR")
-    os.environ["JAXLM_CACHE_DIR"] = str(path)
-    prepare(build_config(TINY))
-    yield path
-    os.environ.pop("JAXLM_CACHE_DIR") if old is None else os.environ.__setitem__("JAXLM_CACHE_DIR", old)
+    """A token cache for the bundled sample at this module's vocab, shared by its runs."""
+    yield from shared_token_cache(tmp_path_factory, TINY)
 
 
 def train_losses(dtype: str, out_dir) -> tuple[np.ndarray, dict]:

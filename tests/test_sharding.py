@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import shared_token_cache
 from jaxlm.config import build_config
 from jaxlm.distributed import NullTracker
 from jaxlm.errors import ConfigError
@@ -30,18 +31,8 @@ TINY = {"vocab_size": 300, "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    """A token cache for the bundled sample at vocab 300, shared by this module's runs."""
-    from jaxlm.data.sources import prepare
-
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("JAXLM_CACHE_DIR")
-    os.environ["JAXLM_CACHE_DIR"] = str(path)
-    prepare(build_config(TINY))
-    yield path
-    if old is None:
-        os.environ.pop("JAXLM_CACHE_DIR")
-    else:
-        os.environ["JAXLM_CACHE_DIR"] = old
+    """A token cache for the bundled sample at this module's vocab, shared by its runs."""
+    yield from shared_token_cache(tmp_path_factory, TINY)
 
 
 @pytest.fixture(scope="module")
