@@ -87,7 +87,7 @@ def write_report(points: Sequence, output_dir: Path, prefix: str, *, command: st
     png = output_dir / f"{prefix}_sweep.png"
     curves = [(p.label + (" (diverged)" if statuses[p.name] == "diverged" else ""), runs[p.name].rows)
               for p in points if runs[p.name] is not None]
-    plot_comparison(curves, "val_loss", png)
+    plot_comparison(curves, "train_loss", png)  # logged every few steps: diverged points show their blow-up
     table = sweep_table(points, runs, best, link_base=output_dir)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(_count(statuses.values()).items()))
     best_line = "none (no point finished with a validation loss)"
@@ -96,7 +96,7 @@ def write_report(points: Sequence, output_dir: Path, prefix: str, *, command: st
         best_line = f"`{best}` (val loss {loss:.4f} at step {step})"
     markdown = output_dir / f"{prefix}_sweep.md"
     markdown.write_text(f"# Sweep `{prefix}`: {len(points)} points ({counts})\n\n"
-                        f"`{command}`\n\nBest: {best_line}\n\n![validation loss]({png.name})\n\n{table}")
+                        f"`{command}`\n\nBest: {best_line}\n\n![training loss]({png.name})\n\n{table}")
     if experiment_log is not None:
         append_entry(experiment_log, _log_entry(points, runs, best, best_line, counts, command, base_config,
                                                 png, markdown, Path(experiment_log)))
