@@ -48,10 +48,13 @@ def _val_loss(metrics: dict) -> float:
 
 
 class _QuietMissingMetrics(logging.Filter):
-    """Orbax warns on every save without metrics; ours are only on eval steps, by design."""
+    """Orbax warns on every save without metrics (ours are only on eval steps, by design) and on
+    every read-only open (how `load` reads a run); neither tells the user anything."""
+
+    NOISE = ("did not provide metrics", "read_only=True, setting save_interval_steps", "Given directory is read only")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        return not any(text in record.getMessage() for text in self.NOISE)
 
 
 def _quiet_orbax() -> None:
