@@ -39,7 +39,7 @@ def _status_cell(run: RunRecord | None) -> str:
     s = run.summary
     if run.status == "diverged":
         step = s.get("diverged_step", s.get("steps"))
-        return f"**DIVERGED**" + (f" at step {step}" if step is not None else "")
+        return "**DIVERGED**" + (f" at step {step}" if step is not None else "")
     if run.status == "failed" and s.get("error"):
         return f"failed: {str(s['error'])[:60]}".replace("|", "\\|")
     return run.status

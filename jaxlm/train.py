@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ from jaxlm.data.sources import prepare
 from jaxlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer
 from jaxlm.data.tokens import batch_at, eval_batches, open_tokens
 from jaxlm.distributed import is_primary, primary_first
+from jaxlm.errors import ConfigError
 from jaxlm.flops import flops_per_token, param_counts
 from jaxlm.export import import_safetensors
 from jaxlm.generate import generate_text, make_decode_step

@@ -78,7 +78,7 @@ def test_config_file_errors_in_process(case, tmp_path, capsys):
 @pytest.mark.parametrize("case", ["unknown_key", "odd_head_dim_with_rope", "min_lr_above_lr"])
 def test_config_file_errors_in_a_subprocess(case, tmp_path):
     overrides, key, needle = FILE_ERRORS[case]
-    cfg = write_config(tmp_path / "bad.json", **overrides)
+    write_config(tmp_path / "bad.json", **overrides)
     proc = run_cli(["--config", "bad.json"], cwd=tmp_path)  # default --output-dir: runs/ under cwd
     assert_usage_error(proc.returncode, proc.stderr, key, needle)
     assert proc.stdout == ""

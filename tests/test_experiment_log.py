@@ -14,7 +14,6 @@ import time
 import pytest
 
 from jaxlm import launch, train
-from jaxlm.tracking.explog import append_entry
 
 CONFIG = {"description": "log test", "vocab_size": 300, "context_length": 16, "d_model": 32, "num_layers": 1,
           "num_heads": 2, "d_ff": 64, "batch_size": 2, "max_iterations": 6, "warmup_iters": 1,
@@ -85,7 +84,6 @@ def test_a_failed_run_is_logged_too(project, monkeypatch):
 APPENDER = """
 import sys
 import time
-from jaxlm.tracking.explog import append_entry
 path, worker = sys.argv[1], sys.argv[2]
 for i in range(15):
     append_entry(path, f"## entry {worker}-{i}\\n" + f"line of worker {worker}\\n" * 400 + "### end\\n\\n")

@@ -259,3 +259,17 @@ def test_divergence_guard_rules():
     assert not DivergenceGuard(3.0, 5).check(1, math.nan, 1.0)
     assert not DivergenceGuard(3.0, 5, initial_loss=5.0).check(2, 5.0, math.inf)
     assert not DivergenceGuard(3.0, 5, initial_loss=5.0).check_val(9, 16.0)
+
+
+def test_resume_refuses_when_the_training_data_changed(config_file, tmp_path, capsys):
+    """The data order is batch_at(seed, step) over the token file: a different file cannot continue it."""
+    config = json.loads(config_file.read_text())
+    config["train_data_path"] = str(write_tokens(tmp_path / "train.npy", 20_000))
+    (tmp_path / "own.json").write_text(json.dumps(config))
+    assert train(tmp_path / "own.json", tmp_path / "runs", "run", "max_iterations=6") == EXIT_OK
+    write_tokens(tmp_path / "train.npy", 30_000)  # the corpus grew since the checkpoint
+    before = (tmp_path / "runs" / "run" / "metrics.csv").read_text()
+    assert resume(tmp_path / "runs" / "run", "--set", "max_iterations=12") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "training data changed" in err and "20000" in err and "30000" in err
+    assert (tmp_path / "runs" / "run" / "metrics.csv").read_text() == before  # nothing rewritten
