@@ -84,6 +84,7 @@ def test_a_failed_run_is_logged_too(project, monkeypatch):
 APPENDER = """
 import sys
 import time
+from jaxlm.tracking.explog import append_entry
 path, worker = sys.argv[1], sys.argv[2]
 for i in range(15):
     append_entry(path, f"## entry {worker}-{i}\\n" + f"line of worker {worker}\\n" * 400 + "### end\\n\\n")
