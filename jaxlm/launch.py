@@ -113,16 +113,17 @@ def main(argv: list[str] | None = None) -> int:
 
     log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(run_dir.parent))
     tracking = {"experiment_log": log_path, "overrides": args.overrides}
+    record = {"name": name, **config.to_dict()}  # what config.json holds
     primary = distributed.is_primary()
     if not primary:  # only process 0 writes the run directory
-        tracker = distributed.NullTracker(name, {"name": name, **config.to_dict()}, run_dir.parent)
+        tracker = distributed.NullTracker(name, record, run_dir.parent)
     elif args.resume is not None:
         save_config(run_dir, config)
-        tracker = ExperimentTracker.resume(run_dir, trainer.step, config={"name": name, **config.to_dict()},
+        tracker = ExperimentTracker.resume(run_dir, trainer.step, config=record,
                                            wallclock_s=trainer.resumed.get("wallclock_s", 0.0), **tracking)
     else:
         clear_for_new_run(run_dir)
-        tracker = ExperimentTracker(name, {"name": name, **config.to_dict()}, args.output_dir,
+        tracker = ExperimentTracker(name, record, args.output_dir,
                                     config_file=args.config, **tracking)
     try:
         result = trainer.run(tracker)
