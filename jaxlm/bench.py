@@ -22,6 +22,7 @@ from jaxlm.config import load_config
 from jaxlm.flops import flops_per_token, param_counts
 from jaxlm.model import build_model
 from jaxlm.optim import build_optimizer
+from jaxlm.runtime import prepare_process
 from jaxlm.steps import make_train_step
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
+    prepare_process()
     overrides = list(a.overrides) + ([f"batch_size={a.batch_size}"] if a.batch_size else [])
     c = load_config(a.config, overrides)
     graphdef, params = nnx.split(build_model(c), nnx.Param)

@@ -23,6 +23,7 @@ from flax import nnx
 from jaxlm.data.tokenizer import EOT, decode
 from jaxlm.kv_cache import forward_cached, init_cache
 from jaxlm.run_loading import find_tokenizer, load_run_model, parse_checkpoint
+from jaxlm.runtime import prepare_process
 from jaxlm.sampling import sample_token
 
 
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1)
     args = p.parse_args(argv)
+    prepare_process()
     try:
         which = parse_checkpoint(args.checkpoint)
         if not 0 < args.top_p <= 1 or args.temperature < 0 or args.num_samples < 1 or args.max_new_tokens < 1:

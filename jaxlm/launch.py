@@ -18,6 +18,7 @@ from jaxlm.config import Config, load_config
 from jaxlm.errors import EXIT_ABORTED, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.flops import flops_per_token, param_counts
 from jaxlm.rundir import check_name, check_new_run_dir, check_writable, clear_for_new_run, resume_config, save_config
+from jaxlm.runtime import prepare_process
 
 EXIT_BY_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
 
@@ -74,6 +75,7 @@ def describe(config: Config, name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    prepare_process()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         config, name = resolve(args)

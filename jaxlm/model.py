@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.attention import causal_attention
 from jaxlm.config import Config
 
 RMS_EPS = 1e-5
@@ -84,17 +85,6 @@ def apply_rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, theta: float) -> ja
     x1, x2 = x32[..., 0::2], x32[..., 1::2]
     rotated = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
     return rotated.reshape(x_BxTxHxD.shape).astype(x_BxTxHxD.dtype)
-
-
-def causal_attention(q_BxTxHxD: jax.Array, k_BxSxHxD: jax.Array, v_BxSxHxD: jax.Array,
-                     q_positions_T: jax.Array, k_positions_S: jax.Array) -> jax.Array:
-    """Softmax attention in float32; query i sees keys whose position <= its own."""
-    scale = 1.0 / math.sqrt(q_BxTxHxD.shape[-1])
-    scores_BxHxTxS = einsum_f32("bthd,bshd->bhts", q_BxTxHxD, k_BxSxHxD) * scale
-    mask_TxS = k_positions_S[None, :] <= q_positions_T[:, None]
-    scores_BxHxTxS = jnp.where(mask_TxS, scores_BxHxTxS, -jnp.inf)
-    probs = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxD.dtype)
-    return jnp.einsum("bhts,bshd->bthd", probs, v_BxSxHxD)
 
 
 class Attention(nnx.Module):
