@@ -11,14 +11,43 @@ in the backward, and writes the gradient with the fewest full-size passes:
     dS = P * (dP - rowsum(dO * O)),  dQ = dS K * scale,  dK = dS^T Q * scale.
 
 Scores, softmax and log-sum-exp are float32 whatever the compute dtype.
+
+On an NVIDIA GPU in bfloat16/float16, `self_attention` uses cuDNN's flash
+attention through `jax.nn.dot_product_attention` instead; where cuDNN cannot
+take the shape or dtype, it falls back to the version here.
+JAXLM_ATTENTION=xla forces the version here everywhere.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 
 import jax
 import jax.numpy as jnp
+
+log = logging.getLogger(__name__)
+
+
+def attention_implementation(dtype) -> str:
+    """"cudnn" where self-attention in `dtype` goes to cuDNN flash attention, else "jaxlm"."""
+    if os.environ.get("JAXLM_ATTENTION", "auto") == "xla":
+        return "jaxlm"
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if half and jax.default_backend() == "gpu" else "jaxlm"
+
+
+def self_attention(q_BxTxHxD: jax.Array, k_BxTxHxD: jax.Array, v_BxTxHxD: jax.Array) -> jax.Array:
+    """Causal attention of a whole sequence over itself (training and evaluation)."""
+    if attention_implementation(q_BxTxHxD.dtype) == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, is_causal=True,
+                                                implementation="cudnn")
+        except Exception as e:  # unsupported shape, dtype or cuDNN version: same maths, XLA kernels
+            log.warning("cuDNN attention unavailable (%s); using jaxlm's attention", e)
+    positions_T = jnp.arange(q_BxTxHxD.shape[1])
+    return causal_attention(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, positions_T, positions_T)
 
 
 def causal_attention(q_BxTxHxD: jax.Array, k_BxSxHxD: jax.Array, v_BxSxHxD: jax.Array,

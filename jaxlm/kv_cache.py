@@ -19,7 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxlm.model import Attention, Block, Transformer, causal_attention
+from jaxlm.attention import causal_attention
+from jaxlm.model import Attention, Block, Transformer
 
 
 class KVCache(NamedTuple):

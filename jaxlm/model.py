@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.attention import causal_attention
+from jaxlm.attention import self_attention
 from jaxlm.config import Config
 
 RMS_EPS = 1e-5
@@ -107,7 +107,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array) -> jax.Array:
         q, k, v = self.project_qkv(x_BxTxD, positions_T)
-        out = causal_attention(q, k, v, positions_T, positions_T)
+        out = self_attention(q, k, v)
         return self.output_proj(out.reshape(x_BxTxD.shape))
 
 

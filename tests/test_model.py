@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxlm.attention import attention_implementation, causal_attention
 from jaxlm.flops import param_counts
-from jaxlm.model import (RMS_EPS, FeedForward, Linear, RMSNorm, Transformer, apply_rope, build_model,
-                         causal_attention, cross_entropy)
+from jaxlm.model import RMS_EPS, FeedForward, Linear, RMSNorm, Transformer, apply_rope, build_model, cross_entropy
 
 ABLATIONS = {
     "baseline": {},
@@ -190,6 +190,31 @@ def test_causal_attention_gradient_matches_autodiff_of_plain_softmax():
     want = jax.grad(loss(plain), argnums=(0, 1, 2))(q, k, v)
     for g, r in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_uses_cudnn_only_for_half_precision_on_gpu(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention_implementation(jnp.bfloat16) == "cudnn"
+    assert attention_implementation(jnp.float32) == "jaxlm"  # cuDNN flash attention has no float32 kernel
+    monkeypatch.setenv("JAXLM_ATTENTION", "xla")
+    assert attention_implementation(jnp.bfloat16) == "jaxlm"
+    monkeypatch.delenv("JAXLM_ATTENTION")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert attention_implementation(jnp.bfloat16) == "jaxlm"
+
+
+def test_self_attention_falls_back_when_cudnn_cannot_run(monkeypatch, caplog):
+    """Told it is on a GPU, the CPU's missing cuDNN makes dot_product_attention raise:
+    the model must still train, on the same maths."""
+    from jaxlm.attention import self_attention
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    rng = np.random.default_rng(6)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, 5, 2, 8)), jnp.bfloat16) for _ in range(3))
+    pos = jnp.arange(5)
+    np.testing.assert_allclose(np.asarray(self_attention(q, k, v), np.float32),
+                               np.asarray(causal_attention(q, k, v, pos, pos), np.float32))
+    assert "cuDNN attention unavailable" in caplog.text
 
 
 def test_cross_entropy_matches_numpy():
