@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +120,34 @@ def test_batch_at_shapes_and_shift_by_one():
     np.testing.assert_array_equal(y[:, :-1], x[:, 1:])
     np.testing.assert_array_equal(y, x + 1)  # contiguous windows of TOKENS: y is the next token
     np.testing.assert_array_equal(x, x[:, :1] + np.arange(20))
+
+
+def rss_file_kb() -> int:
+    """Resident pages of mapped files in this process (Linux), in KiB."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssFile:")))
+
+
+def test_batches_from_a_memory_mapped_file_match_and_stay_out_of_resident_memory(tmp_path):
+    """Windows read from the token file equal in-memory indexing, and reading them does not map the file's
+    pages into the process: scattered windows over a 64 MB file used to add tens of MB of resident memory."""
+    path = tmp_path / "big.npy"
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(32 << 20,))
+    big[:] = np.arange(big.size) % 60000
+    big.flush()
+    del big
+    tokens = open_tokens(path, vocab_size=65536, context_length=64).tokens
+    x, y = batch_at(tokens, seed=1, step=2, batch_size=8, context_length=64)
+    inmem = np.arange(32 << 20) % 60000
+    starts = batch_starts(1, 2, 8, len(tokens), 64)
+    np.testing.assert_array_equal(x, inmem[starts[:, None] + np.arange(64)])
+    np.testing.assert_array_equal(y, inmem[starts[:, None] + np.arange(1, 65)])
+    if not Path("/proc/self/status").exists():
+        return
+    before = rss_file_kb()
+    for step in range(200):
+        batch_at(tokens, seed=0, step=step, batch_size=16, context_length=64)
+    assert rss_file_kb() - before < 8 * 1024
 
 
 def test_batch_at_starts_cover_exactly_the_valid_range():
