@@ -1,0 +1,173 @@
+"""`python -m jaxlm.bench`: the JSON line, its FLOPs count, the --memory mode and launch/gpu_check.sh.
+
+Tiny models only; no assertion is about speed (the numbers are checked for being
+present and consistent with each other, not for being fast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import subprocess
+
+import jax
+import pytest
+from flax import nnx
+
+from conftest import REPO_ROOT, TINY_MODEL
+from jaxlm import bench
+from jaxlm.bench_memory import write_token_file
+from jaxlm.config import load_config
+from jaxlm.data.tokens import open_tokens
+from jaxlm.flops import flops_per_token
+from jaxlm.model import build_model
+
+KEYS = ("impl", "jax", "backend", "device_kind", "devices", "params", "batch_size", "context_length", "dtype",
+        "compile_s", "step_ms", "tokens_per_sec", "gflops_per_sec", "mfu", "peak_gflops_per_sec", "peak_source",
+        "final_loss", "flops_per_token")
+GPU_CHECK = REPO_ROOT / "launch" / "gpu_check.sh"
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "tiny.json"
+    path.write_text(json.dumps(TINY_MODEL))
+    return str(path)
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = bench.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bench_line(tiny_file, tmp_path_factory):
+    """One real benchmark point of the tiny model, in this process (2 timed steps)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXLM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        code, out, _ = run_main(["--config", tiny_file, "--steps", "2", "--warmup", "1"])
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    return json.loads(lines[0])
+
+
+def torch_reference_params(v: int, d: int, layers: int, f: int) -> int:
+    """N as ../shared/bench/torch_reference.py's LM has it: embedding, per block q/k/v/o, w1/w3/w2 and two
+    RMSNorm weights, the final norm and the untied head."""
+    return v * d + layers * (4 * d * d + 3 * d * f + 2 * d) + d + d * v
+
+
+def test_json_line_has_every_key_with_sane_values(bench_line):
+    r = bench_line
+    assert set(KEYS) <= set(r)
+    assert (r["impl"], r["jax"], r["backend"]) == ("jaxlm", jax.__version__, jax.default_backend())
+    assert r["devices"] == len(jax.devices()) and r["device_kind"]
+    assert (r["batch_size"], r["context_length"], r["dtype"]) == (4, 32, "float32")
+    assert r["compile_s"] > 0 and r["step_ms"] > 0
+    tokens_per_step = r["batch_size"] * r["context_length"]
+    assert r["tokens_per_sec"] == pytest.approx(tokens_per_step / (r["step_ms"] / 1e3), rel=1e-2)
+    assert r["gflops_per_sec"] == pytest.approx(r["flops_per_token"] * r["tokens_per_sec"] / 1e9, rel=1e-2)
+    if r["backend"] == "cpu":  # MFU against the matmul peak measured in the same process
+        assert r["peak_source"] == "measured 2048^3 float32 matmul" and r["peak_gflops_per_sec"] > 0
+        assert r["mfu"] == pytest.approx(r["gflops_per_sec"] / r["peak_gflops_per_sec"], rel=2e-2)
+    assert math.isfinite(r["final_loss"]) and abs(r["final_loss"] - math.log(TINY_MODEL["vocab_size"])) < 1.5
+
+
+def test_flops_per_token_is_the_torch_reference_count(bench_line, tiny_config):
+    r = bench_line
+    t = TINY_MODEL
+    assert r["params"] == torch_reference_params(t["vocab_size"], t["d_model"], t["num_layers"], t["d_ff"])
+    assert r["flops_per_token"] == 6 * r["params"] + 12 * t["num_layers"] * t["context_length"] * t["d_model"]
+    for name in ("quickstart", "tinystories_17m"):
+        c = load_config(REPO_ROOT / "configs" / f"{name}.json")
+        n = torch_reference_params(c.vocab_size, c.d_model, c.num_layers, c.ffn_dim)
+        _, params = nnx.split(nnx.eval_shape(lambda: build_model(c)), nnx.Param)
+        assert sum(leaf.size for leaf in jax.tree.leaves(params)) == n  # the model jaxlm builds has N parameters
+        assert flops_per_token(c) == 6 * n + 12 * c.num_layers * c.context_length * c.d_model
+
+
+def test_markdown_table_row(bench_line):
+    table = bench.markdown_table([bench_line]).splitlines()
+    assert table[0].startswith("| config | batch | dtype | compile_s | step_ms | tokens/s | GFLOP/s | MFU |")
+    assert table[2].startswith("| tiny | 4 | float32 |")
+    assert table[2].count("|") == table[0].count("|")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--steps", "0"], "--steps: must be at least 1"),
+    (["--warmup", "-1"], "--warmup: must be >= 0"),
+    (["--set", "d_model=33"], "config key 'd_model'"),
+    (["--dtype", "float32", "--memory", "--memory-big-mb", "0"], "--memory-big-mb: must be at least 1"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_file, argv, needle):
+    code, out, err = run_main(["--config", tiny_file, *argv])
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and needle in err and err.count("\n") == 1
+
+
+def test_suite_checks_its_configs_before_any_subprocess():
+    code, out, err = run_main(["--suite", "--set", "num_heads=7"])
+    assert code == 2 and out == "" and "config key" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(io.StringIO()):
+        bench.main(["--suite", "--config", "configs/quickstart.json"])
+    assert e.value.code == 2
+
+
+def test_token_file_is_read_by_the_real_loader(tmp_path):
+    meta = write_token_file(tmp_path / "t.npy", 1, vocab_size=300)
+    tf = open_tokens(tmp_path / "t.npy", 300, 32)
+    assert len(tf.tokens) == meta["num_tokens"] == (1 << 20) // 2
+    assert int(tf.tokens.max()) == meta["max_token_id"] < 300
+
+
+def test_memory_mode_reports_both_peaks(tiny_file, tmp_path):
+    code, out, err = run_main(["--memory", "--config", tiny_file, "--memory-big-mb", "64",
+                               "--memory-small-mb", "4", "--memory-dir", str(tmp_path)])
+    assert code == 0, err
+    line, verdict = out.strip().splitlines()
+    r = json.loads(line)
+    for label, mib in (("big", 64), ("small", 4)):
+        assert r[f"{label}_steps_done"] == 20 and r[f"{label}_file_mb"] == mib
+        assert r[f"{label}_peak_rss_mb"] > 0 and r[f"{label}_anon_rss_mb"] > 0
+        assert 0 < r[f"{label}_token_file_rss_mb"] <= mib + 1  # the sampler saw the file mapped, never more of it
+    assert r["diff_mb"] == pytest.approx(r["big_peak_rss_mb"] - r["small_peak_rss_mb"], abs=0.2)
+    assert r["diff_mb"] < 200 and r["passed"] is True
+    assert verdict.startswith("memory: PASS: peak RSS")
+    assert list(tmp_path.iterdir()) == []  # token files and runs deleted (no --keep)
+
+
+def fake_nvidia_smi(tmp_path):
+    """A PATH entry whose nvidia-smi fails as it does on a machine without a driver."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_gpu_check_refuses_without_a_gpu(tmp_path):
+    env = fake_nvidia_smi(tmp_path)
+    env.pop("JAXLM_GPU_CHECK_ALLOW_CPU", None)
+    p = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("gpu_check: no NVIDIA GPU found") and p.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(os.environ.get("JAXLM_SLOW_TESTS") != "1", reason="about a minute on 2 cores: JAXLM_SLOW_TESTS=1")
+def test_gpu_check_cpu_smoke_run(tmp_path):
+    env = {**fake_nvidia_smi(tmp_path), "JAXLM_GPU_CHECK_ALLOW_CPU": "1", "JAXLM_GPU_CHECK_STEPS": "1",
+           "JAXLM_GPU_CHECK_WARMUP": "1", "JAXLM_GPU_CHECK_TRAIN_STEPS": "4", "JAXLM_GPU_CHECK_OUT": str(tmp_path / "out"),
+           "JAXLM_GPU_CHECK_SETS": "d_model=32 num_heads=4 d_ff=64 num_layers=2 context_length=32 eval_batches=2"}
+    p = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = (tmp_path / "out" / "report.md").read_text().splitlines()
+    assert sum(row.startswith("| bench ") for row in report) == 4
+    quickstart = [row for row in report if row.startswith("| quickstart 4 of 4 steps (completed)")]
+    assert len(quickstart) == 1 and "bfloat16" in quickstart[0]
+    assert not (tmp_path / "out" / "runs" / "quickstart" / "checkpoints").exists()
