@@ -34,6 +34,21 @@ TINY_MODEL = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache for the whole session, in-process and for subprocesses
+    (they inherit JAX_COMPILATION_CACHE_DIR): the many runs of the same tiny shapes compile once."""
+    import os
+
+    import jax
+
+    path = str(tmp_path_factory.mktemp("xla-cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield path
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
     """Point the token/tokenizer cache at a fresh tmp dir for every test."""

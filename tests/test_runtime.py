@@ -1,0 +1,75 @@
+"""jaxlm.hostenv and jaxlm.runtime: huge pages for XLA's host buffers, the persistent compilation cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxlm.hostenv import host_tuning_env, running_jaxlm_command
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A jitted function whose 64 MB intermediate (the matmul's output) lives in XLA's per-call
+# temporary buffer; prints the page faults per call once warm.
+FAULTS_PER_CALL = """
+import os, resource
+print(os.environ.get("GLIBC_TUNABLES"))
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: jnp.sum(jnp.sin(x @ x.T)))
+x = jnp.ones((4096, 512))
+for _ in range(2):
+    f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    f(x).block_until_ready()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+"""
+
+
+def run_python(args: list[str], **env_changes) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXLM_HOST_MALLOC", "GLIBC_TUNABLES")}
+    env.update(env_changes)
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          check=True, timeout=300).stdout
+
+
+def test_jaxlm_commands_reexecute_with_huge_pages_unless_told_not_to():
+    state = lambda **env: json.loads(run_python(["-m", "jaxlm.runtime"], **env))["GLIBC_TUNABLES"]
+    assert state() == "glibc.malloc.hugetlb=1"
+    assert state(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert state(GLIBC_TUNABLES="glibc.malloc.hugetlb=0") == "glibc.malloc.hugetlb=0"  # the user's choice stands
+    assert state(JAXLM_HOST_MALLOC="system") is None
+    # Plain scripts (and this test process) are never re-executed.
+    assert run_python(["-c", "import jaxlm, os; print(os.environ.get('GLIBC_TUNABLES'))"]).strip() == "None"
+
+
+def test_running_jaxlm_command():
+    assert running_jaxlm_command(["python", "-m", "jaxlm.launch", "--config", "x.json"])
+    assert running_jaxlm_command(["python", "-u", "-m", "jaxlm"])
+    assert not running_jaxlm_command(["python", "-m", "pytest", "-m", "slow"])
+    assert not running_jaxlm_command(["python", "-c", "import jaxlm"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a glibc tunable")
+def test_huge_pages_stop_xla_faulting_its_buffers_in_on_every_call():
+    calls = lambda **env: run_python(["-c", FAULTS_PER_CALL], **env).split()
+    tunable, tuned = calls(**host_tuning_env({}))
+    none, system = calls()
+    assert (tunable, none) == ("glibc.malloc.hugetlb=1", "None")
+    assert float(system) > 10_000  # 64 MB of fresh 4 KiB pages per call: ~16,000 faults
+    assert float(tuned) < float(system) / 20  # measured: about 180 (2 MiB pages)
+
+
+def test_compilation_cache_goes_to_jaxlm_cache_dir_unless_jax_has_one(tmp_path):
+    code = "from jaxlm.runtime import enable_compilation_cache; print(enable_compilation_cache())"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    run = lambda **extra: subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env={**env, **extra},
+                                         capture_output=True, text=True, check=True).stdout.strip()
+    assert run(JAXLM_CACHE_DIR=str(tmp_path)) == str(tmp_path / "xla")
+    assert run(JAXLM_CACHE_DIR=str(tmp_path), JAX_COMPILATION_CACHE_DIR="/somewhere/else") == "/somewhere/else"
+    assert run(JAXLM_CACHE_DIR=str(tmp_path), JAXLM_COMPILATION_CACHE="0") == "None"
