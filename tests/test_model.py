@@ -174,19 +174,25 @@ def test_causal_attention_matches_numpy():
     np.testing.assert_allclose(got[:, 0], v[:, 0], rtol=1e-6)
 
 
-def test_causal_attention_gradient_matches_autodiff_of_plain_softmax():
-    """The hand-written backward equals what JAX derives for masked softmax attention."""
+@pytest.mark.parametrize("t", [7, 192])  # one block; three blocks of 64
+def test_self_attention_and_its_gradient_match_plain_masked_softmax(t):
+    """The block-causal kernel and its hand-written backward equal masked softmax attention and what
+    JAX derives for it."""
+    from jaxlm.attention import block_size, self_attention
+
     rng = np.random.default_rng(5)
-    q, k, v, w = (jnp.asarray(rng.normal(size=(2, 7, 3, 8)), jnp.float32) for _ in range(4))
-    pos = jnp.arange(7)
+    q, k, v, w = (jnp.asarray(rng.normal(size=(2, t, 3, 8)), jnp.float32) for _ in range(4))
+    pos = jnp.arange(t)
 
     def plain(q, k, v):
         s = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(8.0)
         s = jnp.where(pos[None, :] <= pos[:, None], s, -jnp.inf)
         return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(s, axis=-1), v)
 
+    assert block_size(t) == {7: 7, 192: 64}[t]
+    np.testing.assert_allclose(np.asarray(self_attention(q, k, v)), np.asarray(plain(q, k, v)), rtol=1e-5, atol=1e-6)
     loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * w)
-    got = jax.grad(loss(lambda q, k, v: causal_attention(q, k, v, pos, pos)), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(loss(self_attention), argnums=(0, 1, 2))(q, k, v)
     want = jax.grad(loss(plain), argnums=(0, 1, 2))(q, k, v)
     for g, r in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5)
