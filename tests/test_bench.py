@@ -135,7 +135,7 @@ def test_memory_mode_reports_both_peaks(tiny_file, tmp_path):
     for label, mib in (("big", 64), ("small", 4)):
         assert r[f"{label}_steps_done"] == 20 and r[f"{label}_file_mb"] == mib
         assert r[f"{label}_peak_rss_mb"] > 0 and r[f"{label}_anon_rss_mb"] > 0
-        assert 0 < r[f"{label}_token_file_rss_mb"] <= mib + 1  # the sampler saw the file mapped, never more of it
+        assert r[f"{label}_token_file_rss_mb"] < 8  # batches are pread, so the file's pages are never mapped in
     assert r["diff_mb"] == pytest.approx(r["big_peak_rss_mb"] - r["small_peak_rss_mb"], abs=0.2)
     assert r["diff_mb"] < 200 and r["passed"] is True
     assert verdict.startswith("memory: PASS: peak RSS")
