@@ -55,7 +55,10 @@ def test_running_jaxlm_command():
     assert not running_jaxlm_command(["python", "-c", "import jaxlm"])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a glibc tunable")
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not THP.exists() or "[never]" in THP.read_text(), reason="needs transparent huge pages (Linux)")
 def test_huge_pages_stop_xla_faulting_its_buffers_in_on_every_call():
     calls = lambda **env: run_python(["-c", FAULTS_PER_CALL], **env).split()
     tunable, tuned = calls(**host_tuning_env({}))
