@@ -196,6 +196,20 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def memory_mode(a: argparse.Namespace, config: str, c) -> int:
+    """--memory: one JSON line and a one-line verdict; exit 0 on pass, 1 on fail or a failed child run."""
+    from jaxlm.bench_memory import run_memory
+
+    try:
+        result, verdict = run_memory(a, config, c, overrides_of(a))
+    except RuntimeError as e:
+        print(f"memory: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(result), flush=True)
+    print(verdict)
+    return EXIT_OK if result["passed"] else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
@@ -212,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         c = load_config(config, overrides_of(a))
         prepare_process()  # before any JAX work
         if a.memory:
-            from jaxlm.bench_memory import run_memory
-
-            return run_memory(a, config, c, overrides_of(a))
+            return memory_mode(a, config, c)
         return run_point(a, c)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlm.errors import EXIT_FAILED, EXIT_OK, UserError
+from jaxlm.errors import UserError
 
 MIB = 1 << 20
 STEPS = 20
@@ -142,9 +142,10 @@ def train_on(token_file: Path, label: str, config: str, overrides: list[str], wo
     return {**run, "steps_done": summary.get("steps"), "tokens_per_sec": round(summary.get("mean_tokens_per_sec") or 0, 1)}
 
 
-def run_memory(a, config: str, c, overrides: list[str]) -> int:
-    """The --memory mode for config file `config` (`c` once loaded with `overrides`); prints one JSON
-    line and a one-line verdict. Exit 0 on pass, 1 on fail."""
+def run_memory(a, config: str, c, overrides: list[str]) -> tuple[dict, str]:
+    """The --memory mode for config file `config` (`c` once loaded with `overrides`): the result (its
+    `passed` says whether the difference is under the threshold) and a one-line verdict. Raises
+    RuntimeError when a training child fails."""
     if c.vocab_size > 65536:
         raise UserError(f"--memory: vocab_size={c.vocab_size} does not fit the uint16 token files it writes")
     for flag, mib in (("--memory-big-mb", a.memory_big_mb), ("--memory-small-mb", a.memory_small_mb)):
@@ -166,12 +167,9 @@ def run_memory(a, config: str, c, overrides: list[str]) -> int:
             result.update({f"{label}_file_mb": mib, f"{label}_tokens": meta["num_tokens"],
                            f"{label}_write_s": round(time.perf_counter() - t0, 1)})
             result.update({f"{label}_{k}": v for k, v in train_on(token_file, label, config, overrides, work).items()})
-    except RuntimeError as e:
-        print(f"memory: {e}", file=sys.stderr)
-        return EXIT_FAILED
     finally:
         if a.keep:
-            print(f"memory: kept the token files and runs in {work}", file=sys.stderr)
+            result["kept_in"] = str(work)
         else:
             shutil.rmtree(work, ignore_errors=True)
     diff = result["big_peak_rss_mb"] - result["small_peak_rss_mb"]
@@ -179,9 +177,8 @@ def run_memory(a, config: str, c, overrides: list[str]) -> int:
     anon_diff = result["big_anon_rss_mb"] - result["small_anon_rss_mb"]
     result.update(diff_mb=round(diff, 1), token_file_rss_diff_mb=round(file_diff, 1),
                   anon_rss_diff_mb=round(anon_diff, 1), passed=diff < THRESHOLD_MB)
-    print(json.dumps(result), flush=True)
-    print(f"memory: {'PASS' if result['passed'] else 'FAIL'}: peak RSS {result['big_peak_rss_mb']:.0f} MB training on "
-          f"the {a.memory_big_mb} MB token file vs {result['small_peak_rss_mb']:.0f} MB on the {a.memory_small_mb} MB "
-          f"one: difference {diff:+.0f} MB (pass if < {THRESHOLD_MB} MB); of it, pages of the token file mapped "
-          f"{file_diff:+.0f} MB, anonymous {anon_diff:+.0f} MB (sampled)")
-    return EXIT_OK if result["passed"] else EXIT_FAILED
+    verdict = (f"memory: {'PASS' if result['passed'] else 'FAIL'}: peak RSS {result['big_peak_rss_mb']:.0f} MB "
+               f"training on the {a.memory_big_mb} MB token file vs {result['small_peak_rss_mb']:.0f} MB on the "
+               f"{a.memory_small_mb} MB one: difference {diff:+.0f} MB (pass if < {THRESHOLD_MB} MB); of it, pages "
+               f"of the token file mapped {file_diff:+.0f} MB, anonymous {anon_diff:+.0f} MB (sampled)")
+    return result, verdict

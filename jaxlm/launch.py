@@ -18,7 +18,7 @@ from jaxlm.config import Config, load_config
 from jaxlm.errors import EXIT_ABORTED, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.flops import flops_per_token, param_counts
 from jaxlm.rundir import check_name, check_new_run_dir, check_writable, clear_for_new_run, resume_config, save_config
-from jaxlm.runtime import prepare_process
+from jaxlm.runtime import describe_process, prepare_process
 
 EXIT_BY_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
 
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         config, name = resolve(args)
         if args.dry_run:
             print(describe(config, name))
+            print(describe_process())
             return EXIT_OK
         from jaxlm.data.sources import check_sources
 

@@ -7,12 +7,11 @@
   second run of the same shape skips XLA compilation. A directory that
   JAX_COMPILATION_CACHE_DIR already names is left as it is.
 
-`python -m jaxlm.runtime` prints what is in effect.
+`python -m jaxlm.launch --config FILE --dry-run` prints what is in effect.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 from jaxlm.hostenv import wants_host_tuning
@@ -42,10 +41,11 @@ def prepare_process() -> None:
     enable_compilation_cache()
 
 
-def main() -> None:
-    print(json.dumps({"GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"), "host_tuning": wants_host_tuning(),
-                      "compilation_cache_dir": enable_compilation_cache()}))
+def describe_process() -> str:
+    """One line on what is in effect, for `python -m jaxlm.launch --dry-run`."""
+    import jax
+
+    return (f"runtime: GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')} (huge pages wanted: "
+            f"{wants_host_tuning()}); compilation cache: {jax.config.jax_compilation_cache_dir or 'off'}")
 
 
-if __name__ == "__main__":
-    main()

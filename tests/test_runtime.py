@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +39,14 @@ def run_python(args: list[str], **env_changes) -> str:
 
 
 def test_jaxlm_commands_reexecute_with_huge_pages_unless_told_not_to():
-    state = lambda **env: json.loads(run_python(["-m", "jaxlm.runtime"], **env))["GLIBC_TUNABLES"]
+    def state(**env) -> str:
+        out = run_python(["-m", "jaxlm.launch", "--config", "configs/quickstart.json", "--dry-run"], **env)
+        return re.search(r"^runtime: GLIBC_TUNABLES=(\S+) ", out, re.M).group(1)
+
     assert state() == "glibc.malloc.hugetlb=1"
     assert state(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     assert state(GLIBC_TUNABLES="glibc.malloc.hugetlb=0") == "glibc.malloc.hugetlb=0"  # the user's choice stands
-    assert state(JAXLM_HOST_MALLOC="system") is None
+    assert state(JAXLM_HOST_MALLOC="system") == "None"
     # Plain scripts (and this test process) are never re-executed.
     assert run_python(["-c", "import jaxlm, os; print(os.environ.get('GLIBC_TUNABLES'))"]).strip() == "None"
 
