@@ -5,7 +5,7 @@
     python -m jaxlm.bench --memory [--memory-big-mb 4096] [--memory-small-mb 4]   # see jaxlm/bench_memory.py
 
 What is timed is the train step the Trainer runs: built like jaxlm/train.py builds it
-(jaxlm.sharding's build_mesh, init_state, compile_train_step: same mesh, shardings,
+(jaxlm.train.sharding's build_mesh, init_state, compile_train_step: same mesh, shardings,
 donation, gradient accumulation), so any speed work in the model or the step shows up
 here. It runs on one fixed batch of random tokens already on the device, as the torch
 reference does: host-side batch reading is not timed (`--memory` exercises that path).
@@ -16,10 +16,10 @@ torch reference's per-step `loss.item()` does; `step_ms` is the median of those 
 (mean and min are printed too). The Trainer itself overlaps a step's dispatch with the
 previous step's execution, so for very short steps it can be slightly faster than this.
 
-FLOPs per token are jaxlm.flops' count, which is the torch reference's
+FLOPs per token are jaxlm.train.flops' count, which is the torch reference's
 6 * N + 12 * L * T * d_model with N every parameter (embeddings and LM head included);
 `params` is counted from the initialised parameter tree itself. MFU is achieved model
-FLOP/s over `peak_gflops_per_sec`: on GPUs/TPUs the datasheet peak (jaxlm.hardware) of all
+FLOP/s over `peak_gflops_per_sec`: on GPUs/TPUs the datasheet peak (jaxlm.train.hardware) of all
 devices for the run's dtype, None for a device the table lacks; on the CPU, which has no
 datasheet figure, the best of a few float32 2048^3 matmuls measured in this process
 (`peak_source` says which). The persistent compile cache (jaxlm.runtime) applies, so a
@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from jaxlm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UserError
+from jaxlm.tracking.fmt import markdown_table, number
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITE = (("configs/quickstart.json", 16), ("configs/quickstart.json", 64),
@@ -99,10 +100,11 @@ def bench_point(c, steps: int, warmup: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxlm.flops import flops_per_token
-    from jaxlm.hardware import mfu, peak_flops_for
-    from jaxlm.optim import build_optimizer
-    from jaxlm.sharding import build_mesh, compile_train_step, init_state
+    from jaxlm.train.flops import flops_per_token
+    from jaxlm.tracking.tracker import mfu
+    from jaxlm.train.hardware import peak_flops_for
+    from jaxlm.train.optim import build_optimizer
+    from jaxlm.train.sharding import build_mesh, compile_train_step, init_state
 
     mesh = build_mesh(c)
     tx = build_optimizer(c)
@@ -176,29 +178,28 @@ def run_suite(a: argparse.Namespace) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print(markdown_table(rows))
+    print(suite_table(rows))
     if failed:
         print(f"suite: {len(failed)} of {len(SUITE)} points failed: {', '.join(failed)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
-def markdown_table(rows: list[dict]) -> str:
-    head = "| config | batch | dtype | compile_s | step_ms | tokens/s | GFLOP/s | MFU |"
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    for r in rows:
-        util = "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(f"| {Path(r['config']).stem} | {r['batch_size']} | {r['dtype']} | {r['compile_s']:.2f} | "
-                     f"{r['step_ms']:.1f} | {r['tokens_per_sec']:,.0f} | {r['gflops_per_sec']:,.1f} | {util} |")
+def suite_table(rows: list[dict]) -> str:
+    header = ("config", "batch", "dtype", "compile_s", "step_ms", "tokens/s", "GFLOP/s", "MFU")
+    cells = [[Path(r["config"]).stem, r["batch_size"], r["dtype"], number(r["compile_s"], ".2f"),
+              number(r["step_ms"], ".1f"), number(r["tokens_per_sec"], ",.0f"), number(r["gflops_per_sec"], ",.1f"),
+              "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"] for r in rows]
+    table = markdown_table(header, cells)
     if rows:
-        lines.append(f"\nMFU against: {rows[0]['peak_source'] or 'no known peak'} "
-                     f"({rows[0]['device_kind']}, {rows[0]['devices']} device(s))")
-    return "\n".join(lines)
+        table += (f"\nMFU against: {rows[0]['peak_source'] or 'no known peak'} "
+                  f"({rows[0]['device_kind']}, {rows[0]['devices']} device(s))")
+    return table.rstrip("\n")
 
 
 def memory_mode(a: argparse.Namespace, config: str, c) -> int:
     """--memory: one JSON line and a one-line verdict; exit 0 on pass, 1 on fail or a failed child run."""
-    from jaxlm.bench_memory import run_memory
+    from jaxlm.data.memory_check import run_memory
 
     try:
         result, verdict = run_memory(a, config, c, overrides_of(a))
@@ -234,4 +235,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jaxlm.runtime import run_command
+
+    run_command(main)

@@ -75,6 +75,9 @@ class Config:
     ffn: Literal["swiglu", "silu"] = "swiglu"
     tie_embeddings: bool = False
 
+    # --- kernels ---
+    attention: Literal["auto", "jaxlm"] = "auto"  # auto: cuDNN flash attention for bf16/fp16 on NVIDIA GPUs
+
     # --- scale-out (jaxlm/sharding.py): device mesh and micro-batching ---
     mesh_data: int = -1  # data-parallel axis size; -1 = all devices not used by the other axis
     mesh_fsdp: int = 1  # axis that params and optimizer state are sharded over; -1 = all remaining
@@ -197,7 +200,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file '{path}': invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}': expected a JSON object at the top level")
-    return {k: v for k, v in raw.items() if k not in RUN_METADATA_KEYS}
+    return config_values(raw)
+
+
+def config_values(stored: dict[str, Any]) -> dict[str, Any]:
+    """The Config keys of a stored config.json (a run's metadata keys, such as `name`, left out)."""
+    return {k: v for k, v in stored.items() if k not in RUN_METADATA_KEYS}
 
 
 def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
@@ -261,7 +269,7 @@ def validate(c: Config) -> None:
 
 
 def validate_scale_out(c: Config) -> None:
-    """Mesh and micro-batch checks that need no devices (device counts are checked in jaxlm.sharding)."""
+    """Mesh and micro-batch checks that need no devices (device counts are checked in jaxlm.train.sharding)."""
     for key in ("mesh_data", "mesh_fsdp"):
         if getattr(c, key) == 0 or getattr(c, key) < -1:
             raise ConfigError(f"config key '{key}': must be -1 (all remaining devices) or positive, got {getattr(c, key)}")

@@ -1,158 +1,40 @@
-"""PyTorch interop: jaxlm params <-> safetensors with the CS336 assignment-1 names and shapes.
+"""CLI: `python -m jaxlm.export --run runs/<name> [--checkpoint best|latest|N] --out model.safetensors`.
 
-`python -m jaxlm.export --run runs/<name> [--checkpoint best] --out model.safetensors`
-writes `model.safetensors` (float32 tensors named `token_embeddings.weight`,
-`layers.{i}.attn.q_proj.weight`, ..., `lm_head.weight`; linear weights as
-(out_features, in_features), the PyTorch `nn.Linear` layout) and `model.json`
-(the model's config keys). `import_safetensors` reads such a file (ours, or one
-saved from a CS336 PyTorch model) back into jaxlm params, so training can go on here.
-
-jaxlm keeps linear weights as (d_in, d_out); they are transposed on the way out and in.
-A tied-embedding model is written with `lm_head.weight` = the embedding, so an
-untied PyTorch model loads it unchanged.
+Writes the run's weights as CS336-named safetensors plus the model's config JSON
+beside it (see jaxlm/model/weights.py for the layout).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import jax
-import numpy as np
-from flax import nnx
-
-from jaxlm.config import Config, build_config
-from jaxlm.errors import DataError, UserError
-
-EMBEDDING = "token_embeddings.weight"
-LM_HEAD = "lm_head.weight"
-MODEL_KEYS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta",
-              "norm", "norm_position", "position_embedding", "ffn", "tie_embeddings")
+from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
+from jaxlm.rundir import parse_checkpoint
+from jaxlm.runtime import run_command
 
 
-def torch_name(path: tuple) -> str:
-    """('layers', 0, 'attn', 'q_proj', 'weight') -> 'layers.0.attn.q_proj.weight'."""
-    name = ".".join(str(p) for p in path)
-    return EMBEDDING if name == "token_embeddings" else name
-
-
-def _is_linear(name: str, value: np.ndarray) -> bool:
-    return value.ndim == 2 and name != EMBEDDING
-
-
-def to_cs336_tensors(params: nnx.State) -> dict[str, np.ndarray]:
-    """jaxlm params -> {CS336 name: float32 array in PyTorch layout}."""
-    out = {}
-    for path, var in nnx.to_flat_state(params):
-        name = torch_name(path)
-        value = np.asarray(jax.device_get(var[...]), dtype=np.float32)
-        out[name] = np.ascontiguousarray(value.T if _is_linear(name, value) else value)
-    if LM_HEAD not in out:  # tied: the head is the embedding
-        out[LM_HEAD] = out[EMBEDDING].copy()
-    return out
-
-
-def from_cs336_tensors(tensors: dict[str, np.ndarray], config: Config) -> nnx.State:
-    """{CS336 name: array} -> jaxlm params for `config`; DataError naming any missing, extra or misshapen tensor."""
-    from jaxlm.model import build_model
-
-    tensors = dict(tensors)
-    abstract = nnx.eval_shape(lambda: build_model(config))
-    params = nnx.state(abstract, nnx.Param)
-    if config.tie_embeddings and LM_HEAD in tensors:
-        head = tensors.pop(LM_HEAD)
-        if EMBEDDING in tensors and not np.array_equal(head, tensors[EMBEDDING]):
-            raise DataError(f"tensor '{LM_HEAD}': differs from '{EMBEDDING}' but the config ties them")
-    flat = list(nnx.to_flat_state(params))
-    expected = {torch_name(path) for path, _ in flat}
-    if missing := sorted(expected - tensors.keys()):
-        raise DataError(f"safetensors file lacks {len(missing)} tensor(s) the config needs, e.g. '{missing[0]}'")
-    if extra := sorted(tensors.keys() - expected):
-        raise DataError(f"safetensors file has {len(extra)} tensor(s) the config does not use, e.g. '{extra[0]}'")
-    pure: dict = {}
-    for path, var in flat:
-        name = torch_name(path)
-        value = np.asarray(tensors[name], dtype=np.float32)
-        if _is_linear(name, value):
-            value = value.T
-        if value.shape != var.shape:
-            raise DataError(f"tensor '{name}': shape {tuple(value.shape)} does not fit the config's {var.shape}")
-        node = pure
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = jax.numpy.asarray(value)
-    nnx.replace_by_pure_dict(params, pure)
-    return params
-
-
-def model_config_dict(config: Config) -> dict:
-    return {key: getattr(config, key) for key in MODEL_KEYS}
-
-
-def export_safetensors(params: nnx.State, config: Config, out: str | Path) -> tuple[Path, Path]:
-    """Write `out` (.safetensors, config in its metadata) and the config JSON beside it."""
-    from safetensors.numpy import save_file
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model_config = model_config_dict(config)
-    save_file(to_cs336_tensors(params), str(out), metadata={"jaxlm_config": json.dumps(config.to_dict())})
-    config_path = out.with_suffix(".json")
-    config_path.write_text(json.dumps(model_config, indent=2) + "\n")
-    return out, config_path
-
-
-def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict | None]:
-    """Tensors and the jaxlm config stored in the file's metadata (None if it was not written by us)."""
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"safetensors file '{path}': does not exist")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for a corrupt header
-        raise DataError(f"safetensors file '{path}': unreadable ({e})") from None
-    config = json.loads(meta["jaxlm_config"]) if "jaxlm_config" in meta else None
-    return tensors, config
-
-
-def import_safetensors(path: str | Path, config: Config | None = None) -> tuple[nnx.State, Config]:
-    """jaxlm params (and their Config) from a CS336-named safetensors file.
-
-    `config` is needed for files saved outside jaxlm (e.g. from PyTorch); otherwise
-    the config stored in the file is used, then a `<stem>.json` beside it.
-    """
-    path = Path(path)
-    tensors, stored = read_safetensors(path)
-    if config is None:
-        if stored is None and path.with_suffix(".json").is_file():
-            stored = json.loads(path.with_suffix(".json").read_text())
-        if stored is None:
-            raise UserError(f"safetensors file '{path}': holds no config; pass one (e.g. --config)")
-        config = build_config({k: v for k, v in stored.items() if k != "name"})
-    return from_cs336_tensors(tensors, config), config
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jaxlm.errors import EXIT_OK, EXIT_USAGE
-    from jaxlm.run_loading import load_run_model, parse_checkpoint
-
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jaxlm.export",
                                 description="Write a run's weights as CS336-named safetensors (+ config JSON).")
     p.add_argument("--run", required=True, type=Path, help="run directory, e.g. runs/tinystories_17m")
     p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default best)")
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         if args.out.suffix != ".safetensors":
             raise UserError(f"--out '{args.out}': expected a .safetensors file name")
-        model, config = load_run_model(args.run, parse_checkpoint(args.checkpoint))
+        from flax import nnx
+
+        from jaxlm.model.weights import export_safetensors
+        from jaxlm.train.checkpoint import load
+
+        model, config = load(args.run, parse_checkpoint(args.checkpoint))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -162,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

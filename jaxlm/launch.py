@@ -1,7 +1,8 @@
 """CLI: `python -m jaxlm.launch --config configs/x.json [--set key=value ...]`.
 
 Parses arguments, builds and validates the Config, checks the data and the run
-directory (all before any compile or write), then hands over to `train.run`.
+directory (all before any compile or write), then hands over to the Trainer. `main` reads as its
+phases: resolve, preflight, build_trainer, open_tracker, train.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from jaxlm.config import Config, load_config
 from jaxlm.errors import EXIT_ABORTED, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
-from jaxlm.flops import flops_per_token, param_counts
-from jaxlm.rundir import check_name, check_new_run_dir, check_writable, clear_for_new_run, resume_config, save_config
-from jaxlm.runtime import describe_process, prepare_process
+from jaxlm.train.flops import flops_per_token, param_counts
+from jaxlm.rundir import check_name, check_new_run_dir, check_writable, clear_for_new_run, resume_config, RunDir
+from jaxlm.runtime import describe_process, run_command
+from jaxlm.tracking.fmt import number
 
 EXIT_BY_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
 
@@ -75,7 +76,6 @@ def describe(config: Config, name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    prepare_process()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         config, name = resolve(args)
@@ -83,51 +83,74 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(config, name))
             print(describe_process())
             return EXIT_OK
-        from jaxlm.data.sources import check_sources
-
-        check_sources(config)
-        run_dir = Path(args.resume) if args.resume else Path(args.output_dir) / name
-        if args.resume is None:
-            check_new_run_dir(run_dir, args.overwrite)
-        check_writable(run_dir.parent)
-        which = args.resume_step if args.resume_step is not None else "latest"
-        if args.resume is not None:
-            from jaxlm.checkpoint import check_resumable
-
-            step = check_resumable(run_dir, which)
-            if step >= config.max_iterations:
-                raise UserError(f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
-                                f"{config.max_iterations}; continue further with --set max_iterations=N")
-        from jaxlm import distributed, sharding, train
-
-        distributed.initialize_from_env()  # multi-process runs: waits for every process (all checked, none wrote)
-        sharding.check_mesh(config)
-        # Data preparation and checks, compile and (on resume) the checkpoint restore all happen
-        # before the run directory is created or touched.
-        trainer = train.Trainer(config, progress=not args.quiet and distributed.is_primary())
-        if args.resume is not None:
-            trainer.restore(run_dir, which)
+        run_dir = preflight(args, config, name)
+        trainer = build_trainer(args, config, run_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    tracker = open_tracker(args, config, name, run_dir, trainer)
+    return train(trainer, tracker, name, run_dir)
 
+
+def preflight(args: argparse.Namespace, config: Config, name: str) -> Path:
+    """Every check that needs no devices: data files, the run directory, the checkpoint to resume.
+    Returns the run directory; nothing has been written."""
+    from jaxlm.data.sources import check_sources
+
+    check_sources(config)
+    run_dir = Path(args.resume) if args.resume else Path(args.output_dir) / name
+    if args.resume is None:
+        check_new_run_dir(run_dir, args.overwrite)
+    check_writable(run_dir.parent)
+    return run_dir
+
+
+def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):
+    """Join the other processes, prepare data, compile and (on resume) restore; the run directory is
+    still untouched."""
+    from jaxlm.train import distributed, sharding
+    from jaxlm.train.trainer import Trainer
+
+    distributed.initialize_from_env()  # multi-process runs: before anything touches JAX or Orbax
+    which = args.resume_step if args.resume_step is not None else "latest"
+    if args.resume is not None:
+        from jaxlm.train.checkpoint import check_resumable
+
+        step = check_resumable(run_dir, which)
+        if step >= config.max_iterations:
+            raise UserError(f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
+                            f"{config.max_iterations}; continue further with --set max_iterations=N")
+    sharding.check_mesh(config)
+    trainer = Trainer(config, progress=not args.quiet and distributed.is_primary())
+    if args.resume is not None:
+        trainer.restore(run_dir, which)
+    return trainer
+
+
+def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: Path, trainer):
+    """The run's records: written by process 0 only (a new run directory, or the resumed one reopened)."""
     from jaxlm.tracking import ExperimentTracker
     from jaxlm.tracking.explog import default_log_path
+    from jaxlm.tracking.protocol import NullTracker
+    from jaxlm.train.distributed import is_primary
 
+    if not is_primary():
+        return NullTracker(name, run_dir)
     log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(run_dir.parent))
     tracking = {"experiment_log": log_path, "overrides": args.overrides}
     record = {"name": name, **config.to_dict()}  # what config.json holds
-    primary = distributed.is_primary()
-    if not primary:  # only process 0 writes the run directory
-        tracker = distributed.NullTracker(name, record, run_dir.parent)
-    elif args.resume is not None:
-        save_config(run_dir, config)
-        tracker = ExperimentTracker.resume(run_dir, trainer.step, config=record,
-                                           wallclock_s=trainer.resumed.get("wallclock_s", 0.0), **tracking)
-    else:
-        clear_for_new_run(run_dir)
-        tracker = ExperimentTracker(name, record, args.output_dir,
-                                    config_file=args.config, **tracking)
+    if args.resume is not None:
+        RunDir(run_dir).save_config(config)
+        return ExperimentTracker.resume(run_dir, trainer.step, config=record,
+                                        wallclock_s=trainer.resumed.get("wallclock_s", 0.0), **tracking)
+    clear_for_new_run(run_dir)
+    return ExperimentTracker(name, record, args.output_dir, config_file=args.config, **tracking)
+
+
+def train(trainer, tracker, name: str, run_dir: Path) -> int:
+    """Run the trainer; map its outcome (or a second signal, or a failure) to the run's status and exit code."""
+    from jaxlm.train.distributed import is_primary
+
     try:
         result = trainer.run(tracker)
     except KeyboardInterrupt:
@@ -142,14 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         tracker.finalize(status="failed", error=f"{type(e).__name__}: {e}")
         raise
-    if primary:
+    if is_primary():
         report(result, name, tracker.run_dir)
     return EXIT_BY_STATUS.get(result.status, EXIT_FAILED)
-
-
-def _fmt(value, digits: int = 4) -> str:
-    """A summary number; non-finite ones arrive as strings ("nan", "inf")."""
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
 
 
 def report(result, name: str, run_dir: Path) -> None:
@@ -163,18 +181,13 @@ def report(result, name: str, run_dir: Path) -> None:
         print(f"interrupted by {s['interrupted_by']}: checkpoint saved at step {s['steps']}; "
               f"continue with --resume {run_dir}")
     if s.get("final_val_loss") is not None:
-        bpb = f", {_fmt(s['final_val_bpb'], 3)} bits/byte" if s.get("final_val_bpb") is not None else ""
-        print(f"validation loss: {_fmt(s['final_val_loss'])} nats/token{bpb} "
-              f"(best {_fmt(s['best_val_loss'])} at step {s['best_val_step']})")
+        bpb = f", {number(s['final_val_bpb'], '.3f')} bits/byte" if s.get("final_val_bpb") is not None else ""
+        print(f"validation loss: {number(s['final_val_loss'])} nats/token{bpb} "
+              f"(best {number(s['best_val_loss'])} at step {s['best_val_step']})")
     if result.sample:
         print(f"\nsample:\n{result.sample}\n")
     print(f"run directory: {run_dir}")
 
 
 if __name__ == "__main__":
-    code = main()
-    if code == EXIT_ABORTED:  # a second signal: do not wait for background checkpoint writers
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    run_command(main)

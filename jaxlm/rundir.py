@@ -1,7 +1,10 @@
-"""Run-directory safety for the CLI: valid names, writable outputs, `--overwrite`, `--resume` configs.
+"""The run directory as the commands see it: `RunDir` reads a run's config back, and the checks that
+keep runs safe (valid names, writable outputs, `--overwrite`, `--resume` configs).
 
-Everything here either checks (raising a one-line UserError before anything is
-written) or acts only once all checks have passed.
+The records inside a run (metrics, summary, plots, TensorBoard) are written by
+`jaxlm.tracking`; checkpoints by `jaxlm.train.checkpoint`. Everything here either
+checks (raising a one-line UserError before anything is written) or acts only
+once all checks have passed.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from jaxlm.config import FIELDS, Config, build_config, parse_override
+from jaxlm.config import FIELDS, Config, build_config, config_values, parse_override
 from jaxlm.errors import ConfigError, UserError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._=-]+$")
@@ -24,6 +27,55 @@ RESUME_SAFE_KEYS = frozenset({
     "description", "max_iterations", "log_interval", "eval_interval", "checkpoint_interval", "keep_checkpoints",
     "eval_batches", "sample_tokens", "sample_prompt", "divergence_factor", "device", "max_wallclock_seconds",
 })
+
+
+class RunDir:
+    """A run directory `runs/<name>/`: where its files are, and its config read back as a Config."""
+
+    CONFIG = "config.json"
+
+    def __init__(self, path: str | Path, what: str = "--run"):
+        self.path = Path(path)
+        self.what = what  # the flag that named it, for error messages
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    def raw_config(self) -> dict:
+        """config.json as stored (config keys and run metadata); UserError when missing or unreadable."""
+        if not self.path.is_dir():
+            raise UserError(f"{self.what} '{self.path}': no such run directory")
+        if not self.config_path.is_file():
+            raise UserError(f"{self.what} '{self.path}': no config.json there (is it a jaxlm run directory?)")
+        try:
+            raw = json.loads(self.config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.what} '{self.path}': config.json is not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{self.what} '{self.path}': config.json does not hold a JSON object")
+        return raw
+
+    def config(self, overrides: dict | None = None) -> Config:
+        """The validated Config the run was started with (run metadata such as `name` left out)."""
+        return build_config(config_values(self.raw_config()), overrides)
+
+    def save_config(self, config: Config) -> None:
+        """Rewrite config.json with `config`'s values, keeping the run metadata (atomic)."""
+        raw = self.raw_config()
+        raw.update(config.to_dict())
+        tmp = self.config_path.with_name(self.CONFIG + ".tmp")
+        tmp.write_text(json.dumps(raw, indent=2) + "\n")
+        os.replace(tmp, self.config_path)
+
+
+def parse_checkpoint(text: str) -> str | int:
+    """A `--checkpoint` value: "best", "latest" or a step number."""
+    if text.isdigit():
+        return int(text)
+    if text not in ("best", "latest"):
+        raise UserError(f"--checkpoint {text!r}: expected best, latest or a step number")
+    return text
 
 
 def check_name(name: str) -> None:
@@ -63,26 +115,11 @@ def clear_for_new_run(run_dir: Path) -> None:
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
     """The run's own config with `--set` overrides restricted to RESUME_SAFE_KEYS; ConfigError otherwise."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not run_dir.is_dir():
-        raise UserError(f"--resume '{run_dir}': no such run directory")
-    if not path.is_file():
-        raise UserError(f"--resume '{run_dir}': no config.json there (is it a jaxlm run directory?)")
-    saved = {k: v for k, v in json.loads(path.read_text()).items() if k in FIELDS}
+    run = RunDir(run_dir, "--resume")
+    saved = config_values(run.raw_config())
     changes = dict(parse_override(o) for o in overrides)
     for key, value in changes.items():
         if key not in RESUME_SAFE_KEYS and value != saved.get(key, FIELDS[key].default):
             raise ConfigError(f"config key '{key}': cannot change on --resume (it changes the model, data or "
                               f"optimizer); safe keys: {', '.join(sorted(RESUME_SAFE_KEYS))}")
     return build_config(saved, changes)
-
-
-def save_config(run_dir: Path, config: Config) -> None:
-    """Rewrite a resumed run's config.json with its (safe) changes, keeping non-config keys such as `name`."""
-    path = run_dir / "config.json"
-    raw = json.loads(path.read_text())
-    raw.update(config.to_dict())
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(raw, indent=2) + "\n")
-    os.replace(tmp, path)

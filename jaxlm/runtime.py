@@ -1,20 +1,62 @@
-"""Process-wide settings for the jaxlm commands.
+"""Process setup shared by every jaxlm command: `run_command(main)` is each command's entry.
 
-* Huge pages for XLA:CPU's host buffers: see jaxlm/hostenv.py, applied when the
-  `jaxlm` package is imported by `python -m jaxlm.<command>`.
+* Huge pages for XLA:CPU's host buffers (`JAXLM_HOST_MALLOC=system` turns this
+  off). XLA:CPU allocates each step's temporary buffers with one large
+  posix_memalign and frees them when the step ends; glibc serves allocations that
+  large with a fresh mmap, so every step page-faults that memory in again, 4 KiB
+  at a time. glibc's `glibc.malloc.hugetlb=1` tunable asks for transparent huge
+  pages on those mappings, which removes most of the faults without changing
+  numerics or memory use (docs/performance.md has the measurements). glibc reads
+  tunables only when a process starts, so a command that finds the tunable
+  missing re-executes itself with it: same PID, same arguments. Your own scripts
+  and notebooks get it by starting Python with
+  `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment.
 * The compilation cache (`JAXLM_COMPILATION_CACHE=0` turns it off). Compiled
   executables are kept under `<JAXLM_CACHE_DIR or ~/.cache/jaxlm>/xla`, so a
   second run of the same shape skips XLA compilation. A directory that
   JAX_COMPILATION_CACHE_DIR already names is left as it is.
 
-`python -m jaxlm.launch --config FILE --dry-run` prints what is in effect.
+Importing jaxlm does neither: only `run_command` (a command started from the
+shell, `python -m jaxlm.<command>` or the `jaxlm` console script) changes the
+process. `python -m jaxlm.launch --config FILE --dry-run` prints what is in effect.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from typing import Callable
 
-from jaxlm.hostenv import wants_host_tuning
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def host_tuning_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """`environ` (default: this process's) with the huge-pages tunable added to GLIBC_TUNABLES."""
+    env = dict(os.environ if environ is None else environ)
+    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    if not any(t.startswith("glibc.malloc.hugetlb=") for t in tunables):  # keep a user's own choice
+        env["GLIBC_TUNABLES"] = ":".join(tunables + [HUGE_PAGES_TUNABLE])
+    return env
+
+
+def wants_host_tuning() -> bool:
+    return sys.platform.startswith("linux") and os.environ.get("JAXLM_HOST_MALLOC", "hugepages") != "system"
+
+
+def reexec_with_host_tuning() -> None:
+    """Re-execute this process, same arguments, with the huge-pages tunable added, once; else do nothing.
+
+    Only for a command started from the shell (`run_command`): a test or notebook that calls a
+    command's `main` keeps its process."""
+    if not wants_host_tuning():
+        return
+    env = host_tuning_env()
+    if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES"):
+        return  # already in effect (or the user chose their own hugetlb setting)
+    argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
 
 
 def enable_compilation_cache() -> str | None:
@@ -36,9 +78,20 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
-def prepare_process() -> None:
-    """Called at the top of each command's main, before the first JAX computation."""
+def run_command(main: Callable[[], int]) -> None:
+    """Run a command's `main` as the process: host tuning (re-executing once, before JAX is imported)
+    and the compilation cache, then exit with main's code. After a second stop signal (exit 130)
+    the process exits at once, without waiting for background checkpoint writers."""
+    from jaxlm.errors import EXIT_ABORTED
+
+    reexec_with_host_tuning()
     enable_compilation_cache()
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == EXIT_ABORTED:
+        os._exit(code)
+    sys.exit(code)
 
 
 def describe_process() -> str:

@@ -7,7 +7,7 @@ is read from its `summary.json`. Running the same command again skips completed
 and diverged points, resumes interrupted ones (`launch --resume`) and, with
 `--retry-failed`, starts failed ones afresh (`launch --overwrite`). At the end:
 `<output-dir>/<prefix>_sweep.png`, `<output-dir>/<prefix>_sweep.md` and one grouped
-entry in EXPERIMENT_LOG.md (see `jaxlm.sweep_report`).
+entry in EXPERIMENT_LOG.md (see `jaxlm.tracking.sweep_report`).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def expand(base: str, grid: list[tuple[str, list[str]]], sets: list[str], prefix
             if config.cosine_cycle_iters is not None and "cosine_cycle_iters" not in grid_keys:
                 overrides.append(f"cosine_cycle_iters={_scaled(config.cosine_cycle_iters, factor)}")
             config = load_config(base, overrides)
-        from jaxlm.launch import check_name
+        from jaxlm.rundir import check_name
 
         check_name(name)
         points.append(GridPoint(name, tuple(combo), tuple(overrides), config))
@@ -216,4 +216,6 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jaxlm.runtime import run_command
+
+    run_command(main)

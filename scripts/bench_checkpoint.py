@@ -19,11 +19,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxlm.checkpoint import RunCheckpoints
+from jaxlm.train.checkpoint import RunCheckpoints
 from jaxlm.config import load_config
-from jaxlm.model import build_model
-from jaxlm.optim import build_optimizer
-from jaxlm.steps import make_train_step
+from jaxlm.model.transformer import build_model
+from jaxlm.train.optim import build_optimizer
+from jaxlm.train.steps import make_train_step
 
 BLOCK = 5  # steps per timed block; one save per block
 

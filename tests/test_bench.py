@@ -17,13 +17,13 @@ import jax
 import pytest
 from flax import nnx
 
-from conftest import REPO_ROOT, TINY_MODEL
+from helpers import REPO_ROOT, TINY_MODEL
 from jaxlm import bench
-from jaxlm.bench_memory import write_token_file
+from jaxlm.data.memory_check import write_token_file
 from jaxlm.config import load_config
 from jaxlm.data.tokens import open_tokens
-from jaxlm.flops import flops_per_token
-from jaxlm.model import build_model
+from jaxlm.train.flops import flops_per_token
+from jaxlm.model.transformer import build_model
 
 KEYS = ("impl", "jax", "backend", "device_kind", "devices", "params", "batch_size", "context_length", "dtype",
         "compile_s", "step_ms", "tokens_per_sec", "gflops_per_sec", "mfu", "peak_gflops_per_sec", "peak_source",
@@ -93,7 +93,7 @@ def test_flops_per_token_is_the_torch_reference_count(bench_line, tiny_config):
 
 
 def test_markdown_table_row(bench_line):
-    table = bench.markdown_table([bench_line]).splitlines()
+    table = bench.suite_table([bench_line]).splitlines()
     assert table[0].startswith("| config | batch | dtype | compile_s | step_ms | tokens/s | GFLOP/s | MFU |")
     assert table[2].startswith("| tiny | 4 | float32 |")
     assert table[2].count("|") == table[0].count("|")

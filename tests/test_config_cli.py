@@ -17,7 +17,7 @@ from jaxlm import launch
 from jaxlm.config import Config, build_config, load_config, parse_override
 from jaxlm.errors import EXIT_USAGE, ConfigError, UserError
 
-from conftest import REPO_ROOT, TINY_MODEL
+from helpers import REPO_ROOT, TINY_MODEL
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

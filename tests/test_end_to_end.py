@@ -12,7 +12,7 @@ import pytest
 from jaxlm import launch
 from jaxlm.config import FIELDS
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 
 def write_config(path, **overrides):

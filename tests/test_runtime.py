@@ -1,4 +1,4 @@
-"""jaxlm.hostenv and jaxlm.runtime: huge pages for XLA's host buffers, the persistent compilation cache."""
+"""jaxlm.runtime: huge pages for XLA's host buffers, the persistent compilation cache."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxlm.hostenv import host_tuning_env, running_jaxlm_command
+from jaxlm.runtime import host_tuning_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,15 +47,24 @@ def test_jaxlm_commands_reexecute_with_huge_pages_unless_told_not_to():
     assert state(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     assert state(GLIBC_TUNABLES="glibc.malloc.hugetlb=0") == "glibc.malloc.hugetlb=0"  # the user's choice stands
     assert state(JAXLM_HOST_MALLOC="system") == "None"
-    # Plain scripts (and this test process) are never re-executed.
-    assert run_python(["-c", "import jaxlm, os; print(os.environ.get('GLIBC_TUNABLES'))"]).strip() == "None"
+    # Importing jaxlm, or calling a command's main from a script, never re-executes the process.
+    imported = "import jaxlm, jaxlm.launch, os; print(os.environ.get('GLIBC_TUNABLES'))"
+    assert run_python(["-c", imported]).strip() == "None"
+    called = ("import os, jaxlm.launch as l; l.main(['--config', 'configs/quickstart.json', '--dry-run']); "
+              "print('AFTER', os.environ.get('GLIBC_TUNABLES'))")
+    assert run_python(["-c", called]).strip().endswith("AFTER None")
 
 
-def test_running_jaxlm_command():
-    assert running_jaxlm_command(["python", "-m", "jaxlm.launch", "--config", "x.json"])
-    assert running_jaxlm_command(["python", "-u", "-m", "jaxlm"])
-    assert not running_jaxlm_command(["python", "-m", "pytest", "-m", "slow"])
-    assert not running_jaxlm_command(["python", "-c", "import jaxlm"])
+def test_console_script_is_a_command_with_the_same_entry():
+    out = run_python(["-c", "import sys; from jaxlm.cli import main; sys.argv = ['jaxlm', 'launch', "
+                      "'--config', 'configs/quickstart.json', '--dry-run']; main()"])
+    assert re.search(r"^runtime: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ", out, re.M)
+    assert "run: quickstart" in out
+
+
+def test_importing_jaxlm_imports_no_jax():
+    code = "import sys, jaxlm; sys.exit(1 if 'jax' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0
 
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")

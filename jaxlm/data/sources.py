@@ -91,3 +91,22 @@ def _encode_cached(tokenizer: Path, text: Path, cache: Path, progress: bool) -> 
     if not out.is_file():
         encode_text_file(load_tokenizer(tokenizer), text, out, progress=progress)
     return out
+
+
+def run_tokenizer(run_dir: Path, config: Config):
+    """The run's tokenizer: `<run>/tokenizer.json` if saved there, else where data preparation put it
+    (beside a `.npy` train file, or in the token cache for a `.txt` one)."""
+    candidates = [Path(run_dir) / TOKENIZER_FILE]
+    try:
+        train_src, _ = source_paths(config)
+    except DataError:
+        train_src = None
+    if train_src is not None and train_src.suffix == ".npy":
+        candidates.append(train_src.parent / TOKENIZER_FILE)
+    elif train_src is not None and train_src.is_file():
+        digest = file_digest(train_src)
+        candidates.append(cache_root() / f"{digest}-v{config.vocab_size}" / TOKENIZER_FILE)
+    for path in candidates:
+        if path.is_file():
+            return load_tokenizer(path)
+    raise DataError(f"run '{run_dir}': no tokenizer found (looked for {', '.join(map(str, candidates))})")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from jaxlm.tracking.plots import as_float, plot_comparison
+from jaxlm.tracking.fmt import markdown_table, number
+from jaxlm.tracking.plots import plot_comparison
 from jaxlm.tracking.runs import NotARunError, RunRecord, load_run
 
 METRICS = ("val_loss", "train_loss", "val_bpb")
@@ -37,11 +38,6 @@ def _finished(run: RunRecord) -> bool:
     return run.summary.get("status") not in (None, "running")
 
 
-def _cell(value: Any, spec: str) -> str:
-    v = as_float(value)
-    return "n/a" if v is None else format(v, spec)
-
-
 def table_row(run: RunRecord, name: str) -> list[str]:
     best = run.best("val_loss")
     s = run.summary if _finished(run) else {}
@@ -49,14 +45,12 @@ def table_row(run: RunRecord, name: str) -> list[str]:
     tokens = s.get("tokens", run.last("tokens"))
     wall = s.get("wallclock_s", run.last("wallclock_s"))
     return [name, run.description.replace("|", "\\|"), run.status,
-            f"{best[1]:.4f} ({best[0]})" if best else "n/a", _cell(run.final("val_loss"), ".4f"),
-            _cell(steps, ",.0f"), _cell(tokens, ",.0f"), _cell(wall, ".1f"), _cell(run.mean_tokens_per_sec(), ",.0f")]
+            f"{best[1]:.4f} ({best[0]})" if best else "n/a", number(run.final("val_loss"), ".4f"),
+            number(steps, ",.0f"), number(tokens, ",.0f"), number(wall, ".1f"), number(run.mean_tokens_per_sec(), ",.0f")]
 
 
-def markdown_table(runs: Sequence[RunRecord], names: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(table_row(run, name)) + " |" for run, name in zip(runs, names)]
-    return "\n".join(lines) + "\n"
+def runs_table(runs: Sequence[RunRecord], names: Sequence[str]) -> str:
+    return markdown_table(TABLE_COLUMNS, [table_row(run, name) for run, name in zip(runs, names)])
 
 
 def compare_runs(run_dirs: Sequence[str | Path], output_path: str | Path, names: Sequence[str] | None = None,
@@ -75,6 +69,6 @@ def compare_runs(run_dirs: Sequence[str | Path], output_path: str | Path, names:
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     plot_comparison([(label, run.rows) for label, run in zip(labels, runs)], metric, output_path)
-    table = markdown_table(runs, labels)
+    table = runs_table(runs, labels)
     output_path.with_suffix(".md").write_text(f"# Comparison: {metric}\n\n![{metric}]({output_path.name})\n\n{table}")
     return table

@@ -15,20 +15,14 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from jaxlm.tracking.fmt import number
+
 HEADER = "# Experiment log\n\nOne entry per run, appended when the run ends. Fill in the Observations.\n"
 
 
 def default_log_path(output_dir: str | Path) -> Path:
     """EXPERIMENT_LOG.md beside the runs folder: `runs/` -> `./EXPERIMENT_LOG.md`."""
     return Path(output_dir).resolve().parent / "EXPERIMENT_LOG.md"
-
-
-def _fmt(value: Any, spec: str = ".4f") -> str:
-    if value is None or value == "":
-        return "n/a"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format(value, spec)
-    return str(value)
 
 
 def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_file: str | None) -> list[str]:
@@ -67,13 +61,13 @@ def format_entry(summary: Mapping[str, Any], config: Mapping[str, Any], run_dir:
     if s.get("error"):
         lines.append(f"- Error: `{s['error']}`")
     best_step = f" (step {s['best_val_step']})" if s.get("best_val_step") is not None else ""
-    tokens = _fmt(s.get("tokens"), ",")
+    tokens = number(s.get("tokens"), ",")
     lines += [
-        f"- Results: best val loss {_fmt(s.get('best_val_loss'))}{best_step}; final val loss "
-        f"{_fmt(s.get('final_val_loss'))}, {_fmt(s.get('final_val_bpb'))} bits/byte, perplexity "
-        f"{_fmt(s.get('final_val_perplexity'), '.2f')}; final train loss {_fmt(s.get('final_train_loss'))}",
-        f"- Scale: {_fmt(s.get('steps'), ',')} steps, {tokens} tokens, {_fmt(s.get('wallclock_s'), '.1f')} s "
-        f"wall-clock (+{_fmt(s.get('compile_s'), '.1f')} s compile), {_fmt(s.get('mean_tokens_per_sec'), ',.0f')} tokens/s",
+        f"- Results: best val loss {number(s.get('best_val_loss'))}{best_step}; final val loss "
+        f"{number(s.get('final_val_loss'))}, {number(s.get('final_val_bpb'))} bits/byte, perplexity "
+        f"{number(s.get('final_val_perplexity'), '.2f')}; final train loss {number(s.get('final_train_loss'))}",
+        f"- Scale: {number(s.get('steps'), ',')} steps, {tokens} tokens, {number(s.get('wallclock_s'), '.1f')} s "
+        f"wall-clock (+{number(s.get('compile_s'), '.1f')} s compile), {number(s.get('mean_tokens_per_sec'), ',.0f')} tokens/s",
         f"- Plots: [loss curves]({rel}/loss_curves.png) · [LR schedule]({rel}/lr_schedule.png)",
         "",
         "### Observations",

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from jaxlm.tracking.schedule import planned_schedule
+from jaxlm.tracking.fmt import as_float
 
 Row = Mapping[str, Any]
 DPI = 100
@@ -44,16 +44,6 @@ def _save(fig, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, format="png")
     tmp.replace(path)
-
-
-def as_float(value: Any) -> float | None:
-    """A metric cell as a float ("nan"/"inf" strings from JSON included); None when empty."""
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def series(rows: Iterable[Row], key: str, x_key: str = "step") -> tuple[list[float], list[float]]:
@@ -100,12 +90,12 @@ def plot_loss_curves(rows: Sequence[Row], path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def plot_lr_schedule(config: Mapping[str, Any], rows: Sequence[Row], path: Path, title: str) -> None:
-    """The whole planned schedule as a line, the steps done so far shaded and their logged LRs marked."""
+def plot_lr_schedule(planned: Sequence[float] | None, rows: Sequence[Row], path: Path, title: str) -> None:
+    """The planned schedule (the rate at steps 0, 1, ...) as a line when known, the steps done so far
+    shaded and their logged rates marked."""
     fig, (ax,) = _new_figure(7, 3.8)
-    planned = planned_schedule(config)
-    if planned is not None:
-        ax.plot(*planned, lw=1.2, color="tab:blue", label="planned")
+    if planned:
+        ax.plot(range(len(planned)), planned, lw=1.2, color="tab:blue", label="planned")
     done_x, done_y = series(rows, "learning_rate")
     if done_x:
         ax.axvspan(0, max(done_x), color="tab:green", alpha=0.12, label=f"done: {int(max(done_x))} steps")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jaxlm.tracking.plots import as_float
+from jaxlm.tracking.fmt import as_float
 
 RUN_MARKERS = ("metrics.jsonl", "metrics.csv")
 

@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from jaxlm.tracking.fmt import as_float
+
 # metrics row column -> TensorBoard scalar tag
 SCALAR_TAGS = {
     "train_loss": "train/loss",
@@ -29,13 +31,6 @@ FINAL_METRIC_TAGS = {
     "final_train_loss": "final/train_loss",
     "mean_tokens_per_sec": "final/tokens_per_sec",
 }
-
-
-def _number(value: Any) -> float | None:
-    try:
-        return None if value is None or value == "" else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:
@@ -60,7 +55,7 @@ class TensorBoardLog:
     def log_row(self, row: Mapping[str, Any]) -> None:
         step = int(row["step"])
         for column, tag in SCALAR_TAGS.items():
-            value = _number(row.get(column))
+            value = as_float(row.get(column))
             if value is not None:
                 self.writer.add_scalar(tag, value, step)
 
@@ -73,7 +68,7 @@ class TensorBoardLog:
 
         metrics = {}
         for field, tag in FINAL_METRIC_TAGS.items():
-            value = _number(summary.get(field))
+            value = as_float(summary.get(field))
             if value is not None:
                 metrics[tag] = value
                 self.writer.add_scalar(tag, value, step)

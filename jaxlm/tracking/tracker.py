@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from jaxlm.config import RUN_METADATA_KEYS
+
 from jaxlm.tracking import explog, plots
-from jaxlm.hardware import mfu
+from jaxlm.tracking.fmt import as_float, json_safe, write_json
 from jaxlm.tracking.runs import read_rows
 
 log = logging.getLogger(__name__)
@@ -34,22 +34,17 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ("step", "tokens", "wallclock_s", "train_loss", "val_loss", "val_perplexity", "val_bpb",
                   "learning_rate", "grad_norm", "tokens_per_sec", "mfu")
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
-# keys config.json holds besides the config itself
-META_KEYS = RUN_METADATA_KEYS  # config.json keys that are not Config fields
+# keys the tracker writes into config.json beside the run's config (jaxlm.config.RUN_METADATA_KEYS
+# lists the same keys, so a run's config.json can be read back as a config; a test keeps them equal)
+META_KEYS = ("name", "jaxlm_version", "git_commit", "git_dirty", "start_time", "config_file", "overrides")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename): readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _clean(value: Any) -> Any:
-    """Non-finite floats become "nan"/"inf" strings: JSON has no literal for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+def mfu(tokens_per_sec: float, flops_per_token: float, device_count: int, peak_per_device: float | None) -> float | None:
+    """Model-FLOPs utilisation in [0, 1]: achieved model FLOP/s over the devices' peak (jaxlm.train.hardware
+    has the peak table); None when the peak is unknown."""
+    if peak_per_device is None or not tokens_per_sec > 0:
+        return None
+    return tokens_per_sec * flops_per_token / (device_count * peak_per_device)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -110,6 +105,7 @@ class ExperimentTracker:
         self.last_refresh_s = 0.0  # how long the last plots + metrics.json refresh took
         self.refresh_total_s = 0.0  # all refreshes of this process together (reported in summary.json)
         self._closed = False
+        self.planned_lr: list[float] | None = None  # see plan_learning_rate
         if resume_from_step is None:
             self._start_new(config)
         else:
@@ -158,7 +154,7 @@ class ExperimentTracker:
         self.config = config_to_dict(config) or {k: v for k, v in stored.items() if k not in META_KEYS}
         self.rows = [r for r in read_rows(self.run_dir) if int(r["step"]) <= from_step]
         if self.rows:
-            self.wallclock_offset = float(plots.as_float(self.rows[-1].get("wallclock_s")) or 0.0)
+            self.wallclock_offset = float(as_float(self.rows[-1].get("wallclock_s")) or 0.0)
         self._open_metric_files("w", suffix=".tmp")  # kept rows into temp files, swapped in whole, then append
         for row in self.rows:
             self._write_row(row)
@@ -223,7 +219,7 @@ class ExperimentTracker:
                                  s["peak_flops_per_device"])
         ordered = {k: row.get(k) for k in METRIC_COLUMNS}
         ordered.update({k: v for k, v in row.items() if k not in ordered})
-        row = {k: _clean(v) for k, v in ordered.items()}
+        row = {k: json_safe(v) for k, v in ordered.items()}
         self.rows.append(row)
         self._write_row(row)
         if self.tb is not None:
@@ -273,10 +269,15 @@ class ExperimentTracker:
         title = f"{self.name}: {description}" if description else self.name
         _safely("loss_curves.png", lambda: plots.plot_loss_curves(self.rows, self.run_dir / "loss_curves.png", title))
         _safely("lr_schedule.png", lambda: plots.plot_lr_schedule(
-            self.config, self.rows, self.run_dir / "lr_schedule.png", f"{self.name}: learning rate"))
+            self.planned_lr, self.rows, self.run_dir / "lr_schedule.png", f"{self.name}: learning rate"))
+
+    def plan_learning_rate(self, values: Sequence[float]) -> None:
+        """The learning rate the training loop will use at steps 0, 1, ..., len(values) - 1, drawn as
+        the planned line of lr_schedule.png (the loop's own schedule, handed over as numbers)."""
+        self.planned_lr = [float(v) for v in values]
 
     def write_summary(self, **fields: Any) -> None:
-        self.summary.update({k: _clean(v) for k, v in fields.items()})
+        self.summary.update({k: json_safe(v) for k, v in fields.items()})
         write_json(self.run_dir / "summary.json", self.summary)
 
     # --- the end ---------------------------------------------------------------------------------
@@ -286,9 +287,9 @@ class ExperimentTracker:
         if not self.rows:
             return {}
         last = self.rows[-1]
-        val_rows = [r for r in self.rows if plots.as_float(r.get("val_loss")) is not None]
-        finite_val = [r for r in val_rows if math.isfinite(plots.as_float(r["val_loss"]))]
-        best = min(finite_val, key=lambda r: plots.as_float(r["val_loss"])) if finite_val else None
+        val_rows = [r for r in self.rows if as_float(r.get("val_loss")) is not None]
+        finite_val = [r for r in val_rows if math.isfinite(as_float(r["val_loss"]))]
+        best = min(finite_val, key=lambda r: as_float(r["val_loss"])) if finite_val else None
         train = [r["train_loss"] for r in self.rows if r.get("train_loss") is not None]
         speeds = [r["tokens_per_sec"] for r in self.rows if isinstance(r.get("tokens_per_sec"), (int, float))]
         mfus = [r["mfu"] for r in self.rows if isinstance(r.get("mfu"), (int, float))]

@@ -1,0 +1,182 @@
+"""Orbax checkpoints of a run: periodic + best-by-validation, saved asynchronously.
+
+Layout, plain Orbax (`ocp.CheckpointManager(run_dir / "checkpoints")` reads it):
+
+    checkpoints/<step>/params/     StandardSave of the model's `nnx.Param` state
+    checkpoints/<step>/opt_state/  StandardSave of the optax state (clip -> CS336 AdamW)
+    checkpoints/<step>/meta/       JSON: step, seed, train token count, wall-clock, divergence
+                                   baseline, best-so-far, the open log window's train losses
+    checkpoints/<step>/metrics/    JSON {"val_loss": ...} on checkpoints written at an eval
+
+Batches are `batch_at(seed, step)` and training draws no other randomness, so
+params + optimizer state + step + seed continue a run bit for bit.
+
+Retention is one Orbax preservation policy: the latest `keep_checkpoints`, plus
+the one with the lowest validation loss (BestN over the checkpoints that carry
+metrics). Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it
+when complete, so a process killed mid-save leaves only a temporary directory;
+it is never listed as a step and is deleted when the run's manager next opens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from orbax.checkpoint import checkpoint_managers as policies
+
+from jaxlm.config import Config
+from jaxlm.errors import UserError
+from jaxlm.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+
+
+class CheckpointError(UserError):
+    """No checkpoint to resume from, an unknown step, or an unreadable checkpoint."""
+
+
+def _val_loss(metrics: dict) -> float:
+    return metrics["val_loss"]
+
+
+class _QuietMissingMetrics(logging.Filter):
+    """Orbax warns on every save without metrics (ours are only on eval steps, by design) and on
+    every read-only open (how `load` reads a run); neither tells the user anything."""
+
+    NOISE = ("did not provide metrics", "read_only=True, setting save_interval_steps", "Given directory is read only")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+def _quiet_orbax() -> None:
+    absl_log = logging.getLogger("absl")
+    if not any(isinstance(f, _QuietMissingMetrics) for f in absl_log.filters):
+        absl_log.addFilter(_QuietMissingMetrics())
+
+
+def open_manager(run_dir: str | Path, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
+    """The run's CheckpointManager: async saves, latest `keep` + best-by-val_loss preserved."""
+    _quiet_orbax()
+    retention = policies.AnyPreservationPolicy([
+        policies.LatestN(n=keep),
+        policies.BestN(get_metric_fn=_val_loss, reverse=True, n=1, keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        best_fn=_val_loss, best_mode="min",  # makes Orbax store the metrics; retention is the policy above
+        preservation_policy=None if read_only else retention,
+        enable_async_checkpointing=True, cleanup_tmp_directories=not read_only,
+        read_only=read_only, create=not read_only)
+    return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options)
+
+
+def choose_step(mngr: ocp.CheckpointManager, which: str | int, run_dir: str | Path) -> int:
+    """Resolve "latest" | "best" | a step number to a saved step; CheckpointError if there is none."""
+    steps = sorted(mngr.all_steps())
+    if not steps:
+        raise CheckpointError(f"run '{run_dir}' has no checkpoint to resume or load from")
+    if which == "latest":
+        return steps[-1]
+    if which == "best":
+        best = mngr.best_step()
+        return best if best is not None else steps[-1]
+    step = int(which)
+    if step not in steps:
+        raise CheckpointError(f"run '{run_dir}' has no checkpoint at step {step} (saved steps: {steps})")
+    return step
+
+
+def check_resumable(run_dir: str | Path, which: str | int = "latest") -> int:
+    """The step a resume would restore; CheckpointError if there is none (cheap: reads no arrays)."""
+    mngr = open_manager(run_dir, read_only=True)
+    try:
+        return choose_step(mngr, which, run_dir)
+    finally:
+        mngr.close()
+
+
+def _abstract(tree):
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class RunCheckpoints:
+    """The trainer's checkpoints: save asynchronously, restore into the live state's shapes and shardings."""
+
+    def __init__(self, run_dir: str | Path, keep: int):
+        self.run_dir = Path(run_dir)
+        self.mngr = open_manager(run_dir, keep)
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self.mngr.all_steps())
+
+    def best_step(self) -> int | None:
+        return self.mngr.best_step() if self.steps else None
+
+    def save(self, step: int, params, opt_state, meta: dict[str, Any], val_loss: float | None = None) -> bool:
+        """Start an async save of step `step` (no-op if it exists); returns once arrays are copied off."""
+        if step in self.mngr.all_steps():
+            return False
+        metrics = {"val_loss": float(val_loss)} if val_loss is not None and math.isfinite(val_loss) else None
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                                  meta=ocp.args.JsonSave({"step": step, **meta}))
+        return self.mngr.save(step, args=args, metrics=metrics, force=True)
+
+    def restore(self, which: str | int, params_like, opt_state_like) -> tuple[Any, Any, dict[str, Any]]:
+        """(params, opt_state, meta) of a saved step, laid out like the given live trees."""
+        step = choose_step(self.mngr, which, self.run_dir)
+        args = ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(params_like)),
+                                  opt_state=ocp.args.StandardRestore(_abstract(opt_state_like)),
+                                  meta=ocp.args.JsonRestore())
+        try:
+            restored = self.mngr.restore(step, args=args)
+        except Exception as e:  # Orbax/tensorstore raise many types for damaged files
+            older = [s for s in self.steps if s < step]
+            hint = f"; pick an older one with --resume-step (saved: {older})" if older else "; no older checkpoint exists"
+            detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise CheckpointError(f"checkpoint at step {step} in '{self.run_dir / CHECKPOINTS}' is corrupt or "
+                                  f"unreadable ({detail}){hint}") from None
+        return restored.params, restored.opt_state, dict(restored.meta)
+
+    def drop_after(self, step: int) -> None:
+        """Delete checkpoints newer than `step` (they belong to a future that a resume abandons)."""
+        for s in self.steps:
+            if s > step:
+                self.mngr.delete(s)
+
+    def close(self) -> None:
+        """Wait for pending async saves, then release the manager."""
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+
+
+def load(run_dir: str | Path, which: str | int = "best") -> tuple[nnx.Module, Config]:
+    """The trained model of a run and its Config; `which` is "best", "latest" or a step number.
+
+    Only the params are read (not the optimizer state); arrays land on JAX's default device.
+    """
+    from jaxlm.model.transformer import build_model
+
+    config = RunDir(run_dir).config()
+    graphdef, params_shape = nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), params_shape)
+    mngr = open_manager(run_dir, read_only=True)
+    try:
+        step = choose_step(mngr, which, run_dir)
+        try:
+            params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
+        except Exception as e:
+            raise CheckpointError(f"checkpoint at step {step} in '{Path(run_dir) / CHECKPOINTS}' is corrupt or "
+                                  f"unreadable ({type(e).__name__})") from None
+    finally:
+        mngr.close()
+    return nnx.merge(graphdef, params), config

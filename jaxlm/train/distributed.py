@@ -1,0 +1,97 @@
+"""Multi-process runs: start `jax.distributed` when the environment says so; only process 0 writes.
+
+A run spans processes when it is launched with JAXLM_COORDINATOR,
+JAXLM_NUM_PROCESSES and JAXLM_PROCESS_ID (launch/local_multiprocess.sh), by
+`srun` with more than one task (SLURM), or with JAXLM_DISTRIBUTED=auto (TPU pod
+slices and anything else `jax.distributed.initialize()` detects by itself).
+Every process then runs the same program on its share of the global batch;
+collectives (NCCL, ICI/DCN, Gloo on CPU) come from XLA. Process 0 alone writes
+the run directory; the others get a `jaxlm.tracking.protocol.NullTracker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Callable, TypeVar
+
+from jaxlm.errors import UserError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ENV_COORDINATOR = "JAXLM_COORDINATOR"  # host:port of process 0
+ENV_NUM_PROCESSES = "JAXLM_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAXLM_PROCESS_ID"
+ENV_AUTO = "JAXLM_DISTRIBUTED"  # "auto": let jax.distributed.initialize() read the cluster environment
+EXPLICIT = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+
+
+def _int_env(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise UserError(f"environment variable {key}={env[key]!r}: expected an integer") from None
+
+
+def launch_mode(env: Mapping[str, str] | None = None) -> str | None:
+    """"explicit", "auto" or None (a single-process run), from the environment."""
+    env = os.environ if env is None else env
+    present = [k for k in EXPLICIT if env.get(k)]
+    if present:
+        missing = [k for k in EXPLICIT if k not in present]
+        if missing:
+            raise UserError(f"environment variable {missing[0]}: required when {present[0]} is set")
+        return "explicit" if _int_env(env, ENV_NUM_PROCESSES) > 1 else None
+    if env.get(ENV_AUTO, "").lower() in ("1", "true", "auto"):
+        return "auto"
+    # srun with several tasks: SLURM_STEP_NUM_TASKS is set by srun, not by sbatch alone (so a
+    # plain `python` inside a multi-task allocation stays single-process instead of hanging).
+    if "SLURM_JOB_ID" in env and int(env.get("SLURM_STEP_NUM_TASKS") or 1) > 1:
+        return "auto"
+    return None
+
+
+def initialize_from_env(env: Mapping[str, str] | None = None) -> bool:
+    """Call `jax.distributed.initialize` if the run spans processes; True if it did.
+
+    Must run before anything touches a JAX backend. Blocks until every process
+    has joined, which also orders all processes' pre-flight checks before any write.
+    """
+    env = os.environ if env is None else env
+    mode = launch_mode(env)
+    if mode is None:
+        return False
+    import jax
+
+    if mode == "explicit":
+        jax.distributed.initialize(coordinator_address=env[ENV_COORDINATOR],
+                                   num_processes=_int_env(env, ENV_NUM_PROCESSES),
+                                   process_id=_int_env(env, ENV_PROCESS_ID))
+    else:
+        jax.distributed.initialize()
+    log.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count())
+    return True
+
+
+def is_primary() -> bool:
+    """True on the process that writes the run directory (process 0, or the only one)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def primary_first(fn: Callable[[], T]) -> T:
+    """Run `fn` on process 0, then (after a barrier) on the others: for work such as tokenizing into
+    a shared cache, which the others then find done instead of racing to write it."""
+    import jax
+
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    result = fn() if is_primary() else None
+    multihost_utils.sync_global_devices("jaxlm.primary_first")
+    return result if is_primary() else fn()
+

@@ -1,0 +1,79 @@
+"""The pure computations of training: loss, train step (with gradient accumulation), eval step.
+
+`train_step_fn` / `make_loss_fn` are plain functions; `jaxlm.train.sharding` jits them
+with explicit shardings, `make_train_step` jits the train step plainly (one device).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxlm.model.transformer import cross_entropy
+
+
+def make_loss_fn(graphdef: nnx.GraphDef):
+    def loss_fn(params, x_BxT, y_BxT):
+        return cross_entropy(nnx.merge(graphdef, params)(x_BxT), y_BxT)
+
+    return loss_fn
+
+
+
+
+def split_microbatches(a_BxT: jax.Array, k: int, sharding: Any = None) -> jax.Array:
+    """(B, T) -> (k, B/k, T), micro-batch j = rows j, j+k, j+2k, ...
+
+    Strided rather than contiguous so that every device's block of rows holds an
+    equal share of each micro-batch: the split needs no communication.
+    """
+    b, t = a_BxT.shape
+    a_kxMxT = a_BxT.reshape(b // k, k, t).swapaxes(0, 1)
+    return a_kxMxT if sharding is None else jax.lax.with_sharding_constraint(a_kxMxT, sharding)
+
+
+def accumulated_value_and_grad(loss_fn, grad_accum_steps: int, microbatch_sharding: Any = None):
+    """value_and_grad of the mean loss over the batch, summed over `grad_accum_steps` micro-batches with
+    `lax.scan`: activation memory scales with the micro-batch; the result equals the full-batch one."""
+    grad_fn = jax.value_and_grad(loss_fn)
+    if grad_accum_steps == 1:
+        return grad_fn
+
+    def accumulated(params, x_BxT, y_BxT):
+        xs = (split_microbatches(x_BxT, grad_accum_steps, microbatch_sharding),
+              split_microbatches(y_BxT, grad_accum_steps, microbatch_sharding))
+
+        def add_micro(carry, xy):
+            loss_sum, grad_sum = carry
+            loss, grads = grad_fn(params, *xy)
+            return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        (loss_sum, grad_sum), _ = jax.lax.scan(add_micro, (jnp.zeros([], jnp.float32), zeros), xs)
+        return loss_sum / grad_accum_steps, jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
+
+    return accumulated
+
+
+def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, grad_accum_steps: int = 1,
+                  microbatch_sharding: Any = None):
+    """(params, opt_state, x, y) -> (params, opt_state, {loss, grad_norm}), not yet jitted."""
+    grad_fn = accumulated_value_and_grad(make_loss_fn(graphdef), grad_accum_steps, microbatch_sharding)
+
+    def train_step(params, opt_state, x_BxT, y_BxT):
+        loss, grads = grad_fn(params, x_BxT, y_BxT)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return train_step
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, grad_accum_steps: int = 1):
+    """Plain-jitted train step with donated params/opt_state (single device; see jaxlm.train.sharding for meshes)."""
+    return jax.jit(train_step_fn(graphdef, tx, grad_accum_steps=grad_accum_steps), donate_argnums=(0, 1))
+

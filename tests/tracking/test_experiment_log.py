@@ -1,0 +1,121 @@
+"""EXPERIMENT_LOG.md: one entry per run whatever its status, appended, never rewritten, never interleaved.
+
+Launch is driven with `jaxlm.train.trainer.Trainer` replaced by a fake loop that logs through the real tracker, so the
+CLI wiring (--experiment-log, --no-experiment-log, the --set overrides) is tested without compiling."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxlm import launch
+from jaxlm.train import trainer as train
+
+CONFIG = {"description": "log test", "vocab_size": 300, "context_length": 16, "d_model": 32, "num_layers": 1,
+          "num_heads": 2, "d_ff": 64, "batch_size": 2, "max_iterations": 6, "warmup_iters": 1,
+          "learning_rate": 1e-3, "min_learning_rate": 1e-4, "eval_interval": 3}
+
+
+def fake_train(fail_at=None):
+    class FakeTrainer:
+        def __init__(self, config, progress=False):
+            self.config, self.step, self.resumed = config, 0, {}
+
+        def run(self, tracker):
+            config = self.config
+            for step in range(1, config.max_iterations + 1):
+                self.step = step
+                if step == fail_at:
+                    raise RuntimeError("NaN in the attention logits")
+                evals = {"val_loss": 4.0 / step, "val_bpb": 1.0 / step} if step % config.eval_interval == 0 else {}
+                tracker.log_step(step, train_loss=5.0 / step, learning_rate=config.learning_rate, **evals)
+            summary = tracker.finalize("completed", compile_s=0.5, wallclock_s=1.5)
+            return train.RunResult("completed", summary, None)
+    return FakeTrainer
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "cfg.json").write_text(json.dumps(CONFIG))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "Trainer", fake_train())
+    return tmp_path
+
+
+def test_two_runs_append_two_entries_and_leave_the_first_unchanged(project):
+    assert launch.main(["--config", "cfg.json", "--name", "a", "--quiet"]) == 0
+    first = (project / "EXPERIMENT_LOG.md").read_text()  # runs/ -> ./EXPERIMENT_LOG.md
+    assert first.count("\n## ") == 1 and "a · completed" in first
+    assert "nothing (no `--set` overrides)" in first
+    assert "[loss curves](runs/a/loss_curves.png)" in first and "[LR schedule](runs/a/lr_schedule.png)" in first
+    assert "best val loss 0.6667 (step 6)" in first and "6 steps" in first and "1.5 s" in first
+    assert first.rstrip().endswith("### Observations")
+
+    assert launch.main(["--config", "cfg.json", "--name", "b", "--quiet", "--description", "does lr matter?",
+                        "--set", "learning_rate=0.003", "--set", "warmup_iters=2"]) == 0
+    both = (project / "EXPERIMENT_LOG.md").read_text()
+    assert both.startswith(first) and both.count("\n## ") == 2
+    second = both[len(first):]
+    assert "b · completed" in second and "does lr matter?" in second
+    assert "`learning_rate`: 0.001 -> 0.003" in second and "`warmup_iters`: 1 -> 2" in second
+
+
+def test_log_path_option_and_opt_out(project):
+    assert launch.main(["--config", "cfg.json", "--name", "a", "--quiet", "--experiment-log", "notes/lab.md"]) == 0
+    assert "a · completed" in (project / "notes" / "lab.md").read_text()
+    assert "(../runs/a/loss_curves.png)" in (project / "notes" / "lab.md").read_text()
+    assert launch.main(["--config", "cfg.json", "--name", "b", "--quiet", "--no-experiment-log"]) == 0
+    assert not (project / "EXPERIMENT_LOG.md").exists()
+    assert (project / "runs" / "b" / "summary.json").is_file()
+
+
+def test_a_failed_run_is_logged_too(project, monkeypatch):
+    monkeypatch.setattr(train, "Trainer", fake_train(fail_at=5))
+    with pytest.raises(RuntimeError):
+        launch.main(["--config", "cfg.json", "--name", "boom", "--quiet"])
+    text = (project / "EXPERIMENT_LOG.md").read_text()
+    assert "boom · failed" in text and "NaN in the attention logits" in text and "(step 3)" in text
+
+
+APPENDER = """
+import sys
+import time
+from jaxlm.tracking.explog import append_entry
+path, worker = sys.argv[1], sys.argv[2]
+for i in range(15):
+    append_entry(path, f"## entry {worker}-{i}\\n" + f"line of worker {worker}\\n" * 400 + "### end\\n\\n")
+"""
+
+
+def test_concurrent_appends_do_not_interleave(tmp_path):
+    path = tmp_path / "EXPERIMENT_LOG.md"
+    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, str(path), str(w)]) for w in range(4)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]
+    blocks = path.read_text().split("## entry ")[1:]
+    assert len(blocks) == 60
+    for block in blocks:
+        worker = block.split("-", 1)[0]
+        body = block.split("\n", 1)[1].split("### end")[0]
+        assert body == f"line of worker {worker}\n" * 400
+    assert path.read_text().count("# Experiment log") == 1
+
+
+def test_append_waits_for_a_lock_held_by_another_writer(tmp_path):
+    path = tmp_path / "EXPERIMENT_LOG.md"
+    path.write_text("# earlier entries\n")
+    script = ("import sys\nfrom jaxlm.tracking.explog import append_entry\nprint('ready', flush=True)\n"
+              "append_entry(sys.argv[1], '## late entry\\n')\n")
+    with open(path, "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        assert proc.poll() is None and path.read_text() == "# earlier entries\n"  # still waiting
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    assert proc.wait(timeout=30) == 0
+    assert path.read_text() == "# earlier entries\n## late entry\n"
