@@ -3,12 +3,14 @@
 The public Python API, for notebooks and scripts (everything else is internal and may move):
 
     model, config = jaxlm.load_run("runs/quickstart", checkpoint="best")   # model(tokens_BxT) -> logits
-    texts = jaxlm.generate(model, tokenizer, "Once upon a time")            # tokenizer: jaxlm.load_tokenizer(run)
+    tokenizer = jaxlm.load_tokenizer("runs/quickstart")
+    texts = jaxlm.sample(model, tokenizer, "Once upon a time")              # a list of strings
     loss = jaxlm.evaluate_loss(model, tokens_BxT_plus_1)                     # mean next-token NLL in nats
 
 The run-record API of the original course code stays in `jaxlm.tracking`
 (ExperimentTracker, ExperimentLogger, compare_runs). Importing jaxlm has no side
-effects and does not import JAX; each function imports what it needs.
+effects and does not import JAX; each function imports what it needs. (The commands, such as
+`jaxlm.generate`, are modules of the same names: `python -m jaxlm.generate`.)
 """
 
 from __future__ import annotations
@@ -36,8 +38,17 @@ def load_tokenizer(run_dir: str | Path):
     return run_tokenizer(run.path, run.config())
 
 
-def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, num_samples: int = 1,
-             temperature: float = 0.8, top_p: float = 0.9, seed: int = 0) -> list[str]:
+def sample(
+    model,
+    tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 256,
+    num_samples: int = 1,
+    temperature: float = 0.8,
+    top_p: float = 0.9,
+    seed: int = 0,
+) -> list[str]:
     """`num_samples` texts, each the prompt followed by a sampled continuation (greedy at temperature 0),
     cut at the end-of-text token."""
     from flax import nnx
@@ -46,9 +57,18 @@ def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, num_sa
 
     graphdef, params = nnx.split(model, nnx.Param)
     context_length = int(model.context_length)
-    return generate_texts(graphdef, params, tokenizer, prompt, context_length=context_length,
-                          max_new_tokens=max_new_tokens, num_samples=num_samples, temperature=temperature,
-                          top_p=top_p, seed=seed)
+    return generate_texts(
+        graphdef,
+        params,
+        tokenizer,
+        prompt,
+        context_length=context_length,
+        max_new_tokens=max_new_tokens,
+        num_samples=num_samples,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
 
 
 def evaluate_loss(model, tokens) -> float:
@@ -61,4 +81,4 @@ def evaluate_loss(model, tokens) -> float:
     return float(cross_entropy(model(tokens[:, :-1]), tokens[:, 1:]))
 
 
-__all__ = ["evaluate_loss", "generate", "load_run", "load_tokenizer"]
+__all__ = ["evaluate_loss", "load_run", "load_tokenizer", "sample"]

@@ -40,22 +40,36 @@ from jaxlm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.tracking.fmt import markdown_table, number
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SUITE = (("configs/quickstart.json", 16), ("configs/quickstart.json", 64),
-         ("configs/tinystories_17m.json", 8), ("configs/tinystories_17m.json", 32))
+SUITE = (
+    ("configs/quickstart.json", 16),
+    ("configs/quickstart.json", 64),
+    ("configs/tinystories_17m.json", 8),
+    ("configs/tinystories_17m.json", 32),
+)
 CPU_PEAK_SOURCE = "measured 2048^3 float32 matmul"
 DATASHEET = "datasheet"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jaxlm.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="config JSON (required for one point; --memory defaults to configs/quickstart.json)")
+    p.add_argument(
+        "--config", help="config JSON (required for one point; --memory defaults to configs/quickstart.json)"
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling (default 2)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the config's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable; with --suite/--memory, applied to every run)")
-    p.add_argument("--suite", action="store_true", help="quickstart at batch 16/64 and 17M at 8/32, one subprocess each")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable; with --suite/--memory, applied to every run)",
+    )
+    p.add_argument(
+        "--suite", action="store_true", help="quickstart at batch 16/64 and 17M at 8/32, one subprocess each"
+    )
     p.add_argument("--memory", action="store_true", help="peak RSS of 20 training steps on a big vs a small token file")
     p.add_argument("--memory-big-mb", type=int, default=4096, help="size of the big token file in MiB (default 4096)")
     p.add_argument("--memory-small-mb", type=int, default=4, help="size of the small token file in MiB (default 4)")
@@ -100,14 +114,14 @@ def bench_point(c, steps: int, warmup: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxlm.train.flops import flops_per_token
     from jaxlm.tracking.tracker import mfu
+    from jaxlm.train.flops import flops_per_token
     from jaxlm.train.hardware import peak_flops_for
-    from jaxlm.train.optim import build_optimizer
+    from jaxlm.train.optim import build_optimizer, learning_rate_schedule
     from jaxlm.train.sharding import build_mesh, compile_train_step, init_state
 
     mesh = build_mesh(c)
-    tx = build_optimizer(c)
+    tx = build_optimizer(c, learning_rate_schedule(c))
     graphdef, params, opt_state, layout = init_state(c, tx, mesh)
     n_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
     t0 = time.perf_counter()
@@ -140,15 +154,29 @@ def bench_point(c, steps: int, warmup: int) -> dict:
         peak, source = (None, None) if per_device is None else (per_device * mesh.size, DATASHEET)
         util = mfu(tokens_per_sec, fpt, mesh.size, per_device)
     return {
-        "impl": "jaxlm", "jax": jax.__version__, "backend": device.platform, "device_kind": device.device_kind,
-        "devices": mesh.size, "params": n_params, "batch_size": c.batch_size, "context_length": c.context_length,
-        "dtype": c.dtype, "flops_per_token": fpt, "compile_s": round(compile_s, 3), "warmup_s": round(warmup_s, 3),
-        "steps": steps, "timing": f"median of {steps} steps, each blocked on",
-        "step_ms": round(step_s * 1e3, 3), "step_ms_mean": round(statistics.fmean(times) * 1e3, 3),
-        "step_ms_min": round(min(times) * 1e3, 3), "tokens_per_sec": round(tokens_per_sec, 1),
+        "impl": "jaxlm",
+        "jax": jax.__version__,
+        "backend": device.platform,
+        "device_kind": device.device_kind,
+        "devices": mesh.size,
+        "params": n_params,
+        "batch_size": c.batch_size,
+        "context_length": c.context_length,
+        "dtype": c.dtype,
+        "flops_per_token": fpt,
+        "compile_s": round(compile_s, 3),
+        "warmup_s": round(warmup_s, 3),
+        "steps": steps,
+        "timing": f"median of {steps} steps, each blocked on",
+        "step_ms": round(step_s * 1e3, 3),
+        "step_ms_mean": round(statistics.fmean(times) * 1e3, 3),
+        "step_ms_min": round(min(times) * 1e3, 3),
+        "tokens_per_sec": round(tokens_per_sec, 1),
         "gflops_per_sec": round(fpt * tokens_per_sec / 1e9, 3),
-        "peak_gflops_per_sec": None if peak is None else round(peak / 1e9, 1), "peak_source": source,
-        "mfu": None if util is None else round(util, 5), "final_loss": round(float(metrics["loss"]), 4),
+        "peak_gflops_per_sec": None if peak is None else round(peak / 1e9, 1),
+        "peak_source": source,
+        "mfu": None if util is None else round(util, 5),
+        "final_loss": round(float(metrics["loss"]), 4),
     }
 
 
@@ -165,8 +193,19 @@ def run_suite(a: argparse.Namespace) -> int:
         load_config(REPO_ROOT / config, overrides_of(a) + [f"batch_size={batch}"])
     rows, failed = [], []
     for config, batch in SUITE:
-        cmd = [sys.executable, "-m", "jaxlm.bench", "--config", str(REPO_ROOT / config), "--batch-size", str(batch),
-               "--steps", str(a.steps), "--warmup", str(a.warmup)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jaxlm.bench",
+            "--config",
+            str(REPO_ROOT / config),
+            "--batch-size",
+            str(batch),
+            "--steps",
+            str(a.steps),
+            "--warmup",
+            str(a.warmup),
+        ]
         cmd += (["--dtype", a.dtype] if a.dtype else []) + [arg for o in a.overrides for arg in ("--set", o)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -187,13 +226,25 @@ def run_suite(a: argparse.Namespace) -> int:
 
 def suite_table(rows: list[dict]) -> str:
     header = ("config", "batch", "dtype", "compile_s", "step_ms", "tokens/s", "GFLOP/s", "MFU")
-    cells = [[Path(r["config"]).stem, r["batch_size"], r["dtype"], number(r["compile_s"], ".2f"),
-              number(r["step_ms"], ".1f"), number(r["tokens_per_sec"], ",.0f"), number(r["gflops_per_sec"], ",.1f"),
-              "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"] for r in rows]
+    cells = [
+        [
+            Path(r["config"]).stem,
+            r["batch_size"],
+            r["dtype"],
+            number(r["compile_s"], ".2f"),
+            number(r["step_ms"], ".1f"),
+            number(r["tokens_per_sec"], ",.0f"),
+            number(r["gflops_per_sec"], ",.1f"),
+            "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%",
+        ]
+        for r in rows
+    ]
     table = markdown_table(header, cells)
     if rows:
-        table += (f"\nMFU against: {rows[0]['peak_source'] or 'no known peak'} "
-                  f"({rows[0]['device_kind']}, {rows[0]['devices']} device(s))")
+        table += (
+            f"\nMFU against: {rows[0]['peak_source'] or 'no known peak'} "
+            f"({rows[0]['device_kind']}, {rows[0]['devices']} device(s))"
+        )
     return table.rstrip("\n")
 
 
@@ -221,11 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.suite:
             return run_suite(a)  # no JAX work here: each point runs in its own process
         from jaxlm.config import load_config
-        from jaxlm.runtime import prepare_process
 
         config = a.config or str(REPO_ROOT / "configs" / "quickstart.json")
         c = load_config(config, overrides_of(a))
-        prepare_process()  # before any JAX work
         if a.memory:
             return memory_mode(a, config, c)
         return run_point(a, c)

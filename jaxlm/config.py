@@ -15,7 +15,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from jaxlm.errors import ConfigError
 
@@ -32,7 +32,7 @@ class Config:
     d_model: int = 512
     num_layers: int = 4
     num_heads: int = 16
-    d_ff: Optional[int] = 1344
+    d_ff: int | None = 1344
     rope_theta: float = 10000.0
     batch_size: int = 32
     max_iterations: int = 5000
@@ -43,9 +43,9 @@ class Config:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    train_data_path: Optional[str] = None
-    val_data_path: Optional[str] = None
-    device: Optional[Literal["cpu", "gpu", "tpu"]] = None
+    train_data_path: str | None = None
+    val_data_path: str | None = None
+    device: Literal["cpu", "gpu", "tpu"] | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
     seed: int = 0
     log_interval: int = 10
@@ -54,14 +54,14 @@ class Config:
 
     # --- training details ---
     eval_batches: int = 20
-    cosine_cycle_iters: Optional[int] = None  # default: max_iterations
+    cosine_cycle_iters: int | None = None  # default: max_iterations
     adam_eps: float = 1e-8
     sample_tokens: int = 96
     sample_prompt: str = "Once upon a time"
-    init_from: Optional[str] = None  # .safetensors with CS336 names (jaxlm.export) to start from
+    init_from: str | None = None  # .safetensors with CS336 names (jaxlm.export) to start from
 
     # --- wall-clock budget ---
-    max_wallclock_seconds: Optional[float] = None  # stop training (cleanly) once this much time is spent
+    max_wallclock_seconds: float | None = None  # stop training (cleanly) once this much time is spent
     schedule_by: Literal["steps", "wallclock"] = "steps"  # "wallclock": cosine sized to end with the budget
 
     # --- checkpoints and run safety ---
@@ -116,8 +116,17 @@ RUN_METADATA_KEYS = ("name", "jaxlm_version", "git_commit", "git_dirty", "start_
 _HINTS = typing.get_type_hints(Config)
 
 POSITIVE_INT_KEYS = (
-    "vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
-    "max_iterations", "log_interval", "eval_interval", "checkpoint_interval", "eval_batches",
+    "vocab_size",
+    "context_length",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "batch_size",
+    "max_iterations",
+    "log_interval",
+    "eval_interval",
+    "checkpoint_interval",
+    "eval_batches",
     "keep_checkpoints",
 )
 POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps", "divergence_factor")
@@ -240,16 +249,21 @@ def validate(c: Config) -> None:
     if c.d_model % c.num_heads:
         raise ConfigError(f"config key 'd_model': {c.d_model} is not divisible by num_heads={c.num_heads}")
     if c.position_embedding == "rope" and c.head_dim % 2:
-        raise ConfigError(f"config key 'num_heads': head dimension d_model/num_heads={c.head_dim} must be even for RoPE")
+        raise ConfigError(
+            f"config key 'num_heads': head dimension d_model/num_heads={c.head_dim} must be even for RoPE"
+        )
     if c.warmup_iters < 0:
         raise ConfigError(f"config key 'warmup_iters': must be >= 0, got {c.warmup_iters}")
     if c.warmup_iters > c.max_iterations:
         raise ConfigError(f"config key 'warmup_iters': {c.warmup_iters} exceeds max_iterations={c.max_iterations}")
     if c.min_learning_rate < 0 or c.min_learning_rate > c.learning_rate:
         raise ConfigError(
-            f"config key 'min_learning_rate': {c.min_learning_rate} must be in [0, learning_rate={c.learning_rate}]")
+            f"config key 'min_learning_rate': {c.min_learning_rate} must be in [0, learning_rate={c.learning_rate}]"
+        )
     if c.cosine_cycle_iters is not None and c.cosine_cycle_iters < c.warmup_iters:
-        raise ConfigError(f"config key 'cosine_cycle_iters': {c.cosine_cycle_iters} is below warmup_iters={c.warmup_iters}")
+        raise ConfigError(
+            f"config key 'cosine_cycle_iters': {c.cosine_cycle_iters} is below warmup_iters={c.warmup_iters}"
+        )
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(c, key) < 1:
             raise ConfigError(f"config key '{key}': must be in [0, 1), got {getattr(c, key)}")
@@ -272,10 +286,14 @@ def validate_scale_out(c: Config) -> None:
     """Mesh and micro-batch checks that need no devices (device counts are checked in jaxlm.train.sharding)."""
     for key in ("mesh_data", "mesh_fsdp"):
         if getattr(c, key) == 0 or getattr(c, key) < -1:
-            raise ConfigError(f"config key '{key}': must be -1 (all remaining devices) or positive, got {getattr(c, key)}")
+            raise ConfigError(
+                f"config key '{key}': must be -1 (all remaining devices) or positive, got {getattr(c, key)}"
+            )
     if c.mesh_data == -1 and c.mesh_fsdp == -1:
         raise ConfigError("config key 'mesh_fsdp': at most one of mesh_data and mesh_fsdp may be -1")
     if c.grad_accum_steps <= 0:
         raise ConfigError(f"config key 'grad_accum_steps': must be positive, got {c.grad_accum_steps}")
     if c.batch_size % c.grad_accum_steps:
-        raise ConfigError(f"config key 'grad_accum_steps': batch_size={c.batch_size} is not divisible by {c.grad_accum_steps}")
+        raise ConfigError(
+            f"config key 'grad_accum_steps': batch_size={c.batch_size} is not divisible by {c.grad_accum_steps}"
+        )

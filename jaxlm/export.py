@@ -16,8 +16,9 @@ from jaxlm.runtime import run_command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxlm.export",
-                                description="Write a run's weights as CS336-named safetensors (+ config JSON).")
+    p = argparse.ArgumentParser(
+        prog="python -m jaxlm.export", description="Write a run's weights as CS336-named safetensors (+ config JSON)."
+    )
     p.add_argument("--run", required=True, type=Path, help="run directory, e.g. runs/tinystories_17m")
     p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default best)")
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")

@@ -45,9 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    texts = jaxlm.generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                           num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
-                           seed=args.seed)
+    texts = jaxlm.sample(
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1}/{len(texts)}")

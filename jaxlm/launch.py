@@ -16,10 +16,10 @@ from pathlib import Path
 
 from jaxlm.config import Config, load_config
 from jaxlm.errors import EXIT_ABORTED, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
-from jaxlm.train.flops import flops_per_token, param_counts
-from jaxlm.rundir import check_name, check_new_run_dir, check_writable, clear_for_new_run, resume_config, RunDir
+from jaxlm.rundir import RunDir, check_name, check_new_run_dir, check_writable, clear_for_new_run, resume_config
 from jaxlm.runtime import describe_process, run_command
 from jaxlm.tracking.fmt import number
+from jaxlm.train.flops import flops_per_token, param_counts
 
 EXIT_BY_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
 
@@ -30,16 +30,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="run name (default: the config file's stem)")
     p.add_argument("--description", help="what this run tests (overrides the config's description)")
     p.add_argument("--output-dir", default="runs", help="folder that holds run directories (default: runs)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint "
-                   "(config from RUN_DIR/config.json; --set only for keys safe to change)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run from its latest checkpoint "
+        "(config from RUN_DIR/config.json; --set only for keys safe to change)",
+    )
     p.add_argument("--resume-step", type=int, metavar="N", help="with --resume: continue from checkpoint N instead")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
-    p.add_argument("--experiment-log", metavar="PATH",
-                   help="markdown log to append this run's entry to (default: EXPERIMENT_LOG.md beside --output-dir)")
+    p.add_argument(
+        "--experiment-log",
+        metavar="PATH",
+        help="markdown log to append this run's entry to (default: EXPERIMENT_LOG.md beside --output-dir)",
+    )
     p.add_argument("--no-experiment-log", action="store_true", help="do not append to the experiment log")
     args = p.parse_args(argv)
     if args.resume is None and args.config is None:
@@ -66,11 +79,14 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
 
 def describe(config: Config, name: str) -> str:
     counts = param_counts(config)
-    lines = [f"run: {name}", json.dumps(dataclasses.asdict(config), indent=2),
-             f"parameters: {counts['total']:,} total, {counts['non_embedding']:,} non-embedding "
-             f"({counts['embedding']:,} in the token embedding)",
-             f"FLOPs per token (train): {flops_per_token(config):,}",
-             f"tokens per step: {config.tokens_per_step:,}; total: {config.tokens_per_step * config.max_iterations:,}"]
+    lines = [
+        f"run: {name}",
+        json.dumps(dataclasses.asdict(config), indent=2),
+        f"parameters: {counts['total']:,} total, {counts['non_embedding']:,} non-embedding "
+        f"({counts['embedding']:,} in the token embedding)",
+        f"FLOPs per token (train): {flops_per_token(config):,}",
+        f"tokens per step: {config.tokens_per_step:,}; total: {config.tokens_per_step * config.max_iterations:,}",
+    ]
     return "\n".join(lines)
 
 
@@ -118,8 +134,10 @@ def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):
 
         step = check_resumable(run_dir, which)
         if step >= config.max_iterations:
-            raise UserError(f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
-                            f"{config.max_iterations}; continue further with --set max_iterations=N")
+            raise UserError(
+                f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
+                f"{config.max_iterations}; continue further with --set max_iterations=N"
+            )
     sharding.check_mesh(config)
     trainer = Trainer(config, progress=not args.quiet and distributed.is_primary())
     if args.resume is not None:
@@ -141,8 +159,9 @@ def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: P
     record = {"name": name, **config.to_dict()}  # what config.json holds
     if args.resume is not None:
         RunDir(run_dir).save_config(config)
-        return ExperimentTracker.resume(run_dir, trainer.step, config=record,
-                                        wallclock_s=trainer.resumed.get("wallclock_s", 0.0), **tracking)
+        return ExperimentTracker.resume(
+            run_dir, trainer.step, config=record, wallclock_s=trainer.resumed.get("wallclock_s", 0.0), **tracking
+        )
     clear_for_new_run(run_dir)
     return ExperimentTracker(name, record, args.output_dir, config_file=args.config, **tracking)
 
@@ -155,8 +174,10 @@ def train(trainer, tracker, name: str, run_dir: Path) -> int:
         result = trainer.run(tracker)
     except KeyboardInterrupt:
         tracker.finalize(status="interrupted", steps=trainer.step, interrupted_by="second stop signal (aborted)")
-        print(f"\naborted at step {trainer.step}; resume from the last checkpoint with --resume {run_dir}",
-              file=sys.stderr)
+        print(
+            f"\naborted at step {trainer.step}; resume from the last checkpoint with --resume {run_dir}",
+            file=sys.stderr,
+        )
         return EXIT_ABORTED
     except UserError as e:
         tracker.finalize(status="failed", error=str(e))
@@ -172,18 +193,26 @@ def train(trainer, tracker, name: str, run_dir: Path) -> int:
 
 def report(result, name: str, run_dir: Path) -> None:
     s = result.summary
-    print(f"\n{name}: {s['status']} after {s['steps']} steps, {s['tokens']:,} tokens, "
-          f"{s['wallclock_s']:.1f}s training + {s['compile_s']:.1f}s compile")
+    print(
+        f"\n{name}: {s['status']} after {s['steps']} steps, {s['tokens']:,} tokens, "
+        f"{s['wallclock_s']:.1f}s training + {s['compile_s']:.1f}s compile"
+    )
     if s["status"] == "diverged":
-        print(f"diverged at step {s['diverged_step']}: {s['divergence_reason']} (no checkpoint of it was written; "
-              f"best checkpoint: step {s.get('best_checkpoint_step')})")
+        print(
+            f"diverged at step {s['diverged_step']}: {s['divergence_reason']} (no checkpoint of it was written; "
+            f"best checkpoint: step {s.get('best_checkpoint_step')})"
+        )
     if s["status"] == "interrupted":
-        print(f"interrupted by {s['interrupted_by']}: checkpoint saved at step {s['steps']}; "
-              f"continue with --resume {run_dir}")
+        print(
+            f"interrupted by {s['interrupted_by']}: checkpoint saved at step {s['steps']}; "
+            f"continue with --resume {run_dir}"
+        )
     if s.get("final_val_loss") is not None:
         bpb = f", {number(s['final_val_bpb'], '.3f')} bits/byte" if s.get("final_val_bpb") is not None else ""
-        print(f"validation loss: {number(s['final_val_loss'])} nats/token{bpb} "
-              f"(best {number(s['best_val_loss'])} at step {s['best_val_step']})")
+        print(
+            f"validation loss: {number(s['final_val_loss'])} nats/token{bpb} "
+            f"(best {number(s['best_val_loss'])} at step {s['best_val_step']})"
+        )
     if result.sample:
         print(f"\nsample:\n{result.sample}\n")
     print(f"run directory: {run_dir}")

@@ -23,10 +23,22 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9._=-]+$")
 
 # Keys a resumed run may change: they affect how long it runs and what it records,
 # never the model, the data order or the optimizer trajectory up to the resumed step.
-RESUME_SAFE_KEYS = frozenset({
-    "description", "max_iterations", "log_interval", "eval_interval", "checkpoint_interval", "keep_checkpoints",
-    "eval_batches", "sample_tokens", "sample_prompt", "divergence_factor", "device", "max_wallclock_seconds",
-})
+RESUME_SAFE_KEYS = frozenset(
+    {
+        "description",
+        "max_iterations",
+        "log_interval",
+        "eval_interval",
+        "checkpoint_interval",
+        "keep_checkpoints",
+        "eval_batches",
+        "sample_tokens",
+        "sample_prompt",
+        "divergence_factor",
+        "device",
+        "max_wallclock_seconds",
+    }
+)
 
 
 class RunDir:
@@ -99,8 +111,10 @@ def check_writable(output_dir: str | Path) -> None:
 
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and not overwrite:
-        raise UserError(f"run directory '{run_dir}' already exists: choose another --name, "
-                        f"continue it with --resume {run_dir}, or replace it with --overwrite")
+        raise UserError(
+            f"run directory '{run_dir}' already exists: choose another --name, "
+            f"continue it with --resume {run_dir}, or replace it with --overwrite"
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory '{run_dir}' exists and is not a directory")
 
@@ -120,6 +134,8 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
     changes = dict(parse_override(o) for o in overrides)
     for key, value in changes.items():
         if key not in RESUME_SAFE_KEYS and value != saved.get(key, FIELDS[key].default):
-            raise ConfigError(f"config key '{key}': cannot change on --resume (it changes the model, data or "
-                              f"optimizer); safe keys: {', '.join(sorted(RESUME_SAFE_KEYS))}")
+            raise ConfigError(
+                f"config key '{key}': cannot change on --resume (it changes the model, data or "
+                f"optimizer); safe keys: {', '.join(sorted(RESUME_SAFE_KEYS))}"
+            )
     return build_config(saved, changes)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
@@ -98,7 +98,7 @@ def describe_process() -> str:
     """One line on what is in effect, for `python -m jaxlm.launch --dry-run`."""
     import jax
 
-    return (f"runtime: GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')} (huge pages wanted: "
-            f"{wants_host_tuning()}); compilation cache: {jax.config.jax_compilation_cache_dir or 'off'}")
-
-
+    return (
+        f"runtime: GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')} (huge pages wanted: "
+        f"{wants_host_tuning()}); compilation cache: {jax.config.jax_compilation_cache_dir or 'off'}"
+    )

@@ -18,9 +18,9 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from jaxlm.config import Config, load_config, parse_override
 from jaxlm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UserError
@@ -63,8 +63,9 @@ def _scaled(value: int, factor: float) -> int:
     return max(0, round(value * factor))
 
 
-def expand(base: str, grid: list[tuple[str, list[str]]], sets: list[str], prefix: str,
-           constant_tokens: bool = False) -> list[GridPoint]:
+def expand(
+    base: str, grid: list[tuple[str, list[str]]], sets: list[str], prefix: str, constant_tokens: bool = False
+) -> list[GridPoint]:
     """The grid's points in order, each validated as a full config (ConfigError names the point).
 
     With `constant_tokens`, a point whose tokens per step differ from the base config's
@@ -109,8 +110,17 @@ def plan(point: GridPoint, base: str, output_dir: Path, *, quiet: bool, retry_fa
     status = read_status(run_dir)
     tail = ["--no-experiment-log"] + (["--quiet"] if quiet else [])
     launch = [sys.executable, "-m", "jaxlm.launch"]
-    fresh = [*launch, "--config", base, "--name", point.name, "--output-dir", str(output_dir),
-             *itertools.chain.from_iterable(("--set", o) for o in point.overrides), *tail]
+    fresh = [
+        *launch,
+        "--config",
+        base,
+        "--name",
+        point.name,
+        "--output-dir",
+        str(output_dir),
+        *itertools.chain.from_iterable(("--set", o) for o in point.overrides),
+        *tail,
+    ]
     if status is None:
         return "run", fresh
     if status in RESUMABLE_STATUSES:
@@ -134,8 +144,16 @@ def run_subprocess(command: list[str]) -> int:
         raise
 
 
-def run_sweep(points: list[GridPoint], base: str, output_dir: Path, *, runner: Runner = run_subprocess,
-              quiet: bool = False, retry_failed: bool = False, say: Callable[[str], None] = print) -> dict[str, str]:
+def run_sweep(
+    points: list[GridPoint],
+    base: str,
+    output_dir: Path,
+    *,
+    runner: Runner = run_subprocess,
+    quiet: bool = False,
+    retry_failed: bool = False,
+    say: Callable[[str], None] = print,
+) -> dict[str, str]:
     """Run every point in turn; {point name: status}. A point's failure never stops the sweep."""
     statuses: dict[str, str] = {}
     for i, point in enumerate(points, 1):
@@ -155,20 +173,38 @@ def run_sweep(points: list[GridPoint], base: str, output_dir: Path, *, runner: R
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jaxlm.sweep", description="Run a grid of jaxlm runs and compare them.")
     p.add_argument("--config", required=True, help="base config JSON file")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="a key and its values (repeatable; the sweep is the cartesian product)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key for every point (repeatable)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a key and its values (repeatable; the sweep is the cartesian product)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for every point (repeatable)",
+    )
     p.add_argument("--name-prefix", help="run names are <prefix>_<key>=<value>... (default: the config's stem)")
     p.add_argument("--output-dir", default="runs", type=Path, help="folder of the run directories (default: runs)")
-    p.add_argument("--constant-tokens", action="store_true",
-                   help="when tokens per step vary (batch_size, context_length), set max_iterations to keep "
-                        "the base config's total tokens")
+    p.add_argument(
+        "--constant-tokens",
+        action="store_true",
+        help="when tokens per step vary (batch_size, context_length), set max_iterations to keep "
+        "the base config's total tokens",
+    )
     p.add_argument("--retry-failed", action="store_true", help="start failed points again (launch --overwrite)")
     p.add_argument("--dry-run", action="store_true", help="print what each point would do, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars from the runs")
-    p.add_argument("--experiment-log", type=Path, metavar="PATH",
-                   help="markdown log for the sweep's entry (default: EXPERIMENT_LOG.md beside --output-dir)")
+    p.add_argument(
+        "--experiment-log",
+        type=Path,
+        metavar="PATH",
+        help="markdown log for the sweep's entry (default: EXPERIMENT_LOG.md beside --output-dir)",
+    )
     p.add_argument("--no-experiment-log", action="store_true", help="do not append to the experiment log")
     return p.parse_args(argv)
 
@@ -190,14 +226,16 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
         return EXIT_USAGE
     if args.dry_run:
         for point in points:
-            action, command = plan(point, args.config, args.output_dir, quiet=args.quiet, retry_failed=args.retry_failed)
+            action, command = plan(
+                point, args.config, args.output_dir, quiet=args.quiet, retry_failed=args.retry_failed
+            )
             steps = f"{point.config.max_iterations} steps x {point.config.tokens_per_step} tokens"
             print(f"{point.name} [{action}; {steps}]")
             if command:
                 print("  " + shlex.join(command))
         return EXIT_OK
 
-    from jaxlm import sweep_report
+    from jaxlm.tracking import sweep_report
     from jaxlm.tracking.explog import default_log_path
 
     interrupted = False
@@ -208,8 +246,9 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
         print("\nsweep interrupted: run the same command again to resume it", file=sys.stderr)
     command = shlex.join(["python", "-m", "jaxlm.sweep", *(sys.argv[1:] if argv is None else argv)])
     log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(args.output_dir))
-    report = sweep_report.write_report(points, args.output_dir, prefix, command=command, base_config=args.config,
-                                       experiment_log=log_path)
+    report = sweep_report.write_report(
+        points, args.output_dir, prefix, command=command, base_config=args.config, experiment_log=log_path
+    )
     print(f"\n{report.table}\nwrote {report.png} and {report.markdown}")
     ok = not interrupted and all(s in FINAL_STATUSES for s in report.statuses.values())
     return EXIT_OK if ok else EXIT_FAILED

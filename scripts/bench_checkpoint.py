@@ -19,10 +19,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxlm.train.checkpoint import RunCheckpoints
 from jaxlm.config import load_config
 from jaxlm.model.transformer import build_model
-from jaxlm.train.optim import build_optimizer
+from jaxlm.train.checkpoint import RunCheckpoints
+from jaxlm.train.optim import build_optimizer, learning_rate_schedule
 from jaxlm.train.steps import make_train_step
 
 BLOCK = 5  # steps per timed block; one save per block
@@ -35,7 +35,7 @@ def main() -> None:
     args = p.parse_args()
     c = load_config(args.config)
     graphdef, params = nnx.split(build_model(c), nnx.Param)
-    tx = build_optimizer(c)
+    tx = build_optimizer(c, learning_rate_schedule(c))
     opt_state = tx.init(params)
     step_fn = make_train_step(graphdef, tx)
     rng = np.random.default_rng(0)
@@ -75,8 +75,11 @@ def main() -> None:
     n_params = sum(a.size for a in jax.tree.leaves(params))
     print(f"model: {args.config} ({n_params:,} params; params + AdamW state = {3 * n_params * 4 / 2**20:.1f} MiB)")
     print(f"train step: {step_ms:.1f} ms (median over {args.blocks} blocks of {BLOCK} steps)")
-    print(f"one checkpoint save adds {added_ms:.1f} ms of wall-clock ({100 * added_ms / step_ms:.0f}% of a step); "
-          f"the loop itself blocks {blocking_ms:.1f} ms, the rest is the background write")
+    print(
+        f"one checkpoint save adds {added_ms:.1f} ms of wall-clock ({100 * added_ms / step_ms:.0f}% of a step); "
+        f"the loop itself blocks {blocking_ms:.1f} ms, the rest is the background write"
+    )
+
 
 if __name__ == "__main__":
     main()

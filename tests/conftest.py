@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from helpers import TINY_MODEL
-
 from jaxlm.config import Config, build_config
+
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_compilation_cache(tmp_path_factory):

@@ -13,22 +13,39 @@ from jaxlm import launch
 from jaxlm.data.tokens import meta_path
 from jaxlm.errors import EXIT_OK, EXIT_USAGE
 
-TINY = {"vocab_size": 256, "context_length": 16, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64,
-        "batch_size": 4, "max_iterations": 4, "cosine_cycle_iters": 4, "warmup_iters": 1, "log_interval": 2,
-        "eval_interval": 2, "checkpoint_interval": 2, "eval_batches": 1}
+TINY = {
+    "vocab_size": 256,
+    "context_length": 16,
+    "d_model": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "d_ff": 64,
+    "batch_size": 4,
+    "max_iterations": 4,
+    "cosine_cycle_iters": 4,
+    "warmup_iters": 1,
+    "log_interval": 2,
+    "eval_interval": 2,
+    "checkpoint_interval": 2,
+    "eval_batches": 1,
+}
 
 
 def write_tokens(path: Path, n: int, vocab: int = 256, dtype=np.uint16, meta: dict | None = None) -> Path:
     tokens = np.random.default_rng(0).integers(0, vocab, n).astype(dtype)
     np.save(path, tokens)
-    meta_path(path).write_text(json.dumps(meta or {"num_tokens": n, "num_bytes": 3 * n, "max_token_id": int(tokens.max())}))
+    meta_path(path).write_text(
+        json.dumps(meta or {"num_tokens": n, "num_bytes": 3 * n, "max_token_id": int(tokens.max())})
+    )
     return path
 
 
 @pytest.fixture
 def data(tmp_path) -> dict[str, str]:
-    return {"train_data_path": str(write_tokens(tmp_path / "train.npy", 5_000)),
-            "val_data_path": str(write_tokens(tmp_path / "val.npy", 1_000))}
+    return {
+        "train_data_path": str(write_tokens(tmp_path / "train.npy", 5_000)),
+        "val_data_path": str(write_tokens(tmp_path / "val.npy", 1_000)),
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +56,9 @@ def token_cache(tmp_path, monkeypatch):
 def run(tmp_path: Path, config: dict, *args: str, name: str = "run", out: Path | None = None) -> int:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**TINY, **config}))
-    return launch.main(["--config", str(path), "--name", name, "--output-dir", str(out or tmp_path / "runs"),
-                        "--quiet", *args])
+    return launch.main(
+        ["--config", str(path), "--name", name, "--output-dir", str(out or tmp_path / "runs"), "--quiet", *args]
+    )
 
 
 def assert_refused(code: int, capsys, *words: str) -> str:
@@ -127,8 +145,10 @@ def trained(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("trained")
     mp = pytest.MonkeyPatch()
     mp.setenv("JAXLM_CACHE_DIR", str(tmp / "cache"))
-    data = {"train_data_path": str(write_tokens(tmp / "train.npy", 5_000)),
-            "val_data_path": str(write_tokens(tmp / "val.npy", 1_000))}
+    data = {
+        "train_data_path": str(write_tokens(tmp / "train.npy", 5_000)),
+        "val_data_path": str(write_tokens(tmp / "val.npy", 1_000)),
+    }
     assert run(tmp, data) == EXIT_OK
     mp.undo()
     return tmp / "runs" / "run"
@@ -173,8 +193,12 @@ def test_resume_refuses_unsafe_changes(tmp_path, trained, capsys):
     before = snapshot(trained)
     code = launch.main(["--resume", str(trained), "--quiet", "--set", "d_model=64", "--set", "max_iterations=8"])
     assert_refused(code, capsys, "'d_model'", "cannot change on --resume")
-    assert_refused(launch.main(["--resume", str(trained), "--resume-step", "3", "--set", "max_iterations=8"]),
-                   capsys, "no checkpoint at step 3", "[2, 4]")
+    assert_refused(
+        launch.main(["--resume", str(trained), "--resume-step", "3", "--set", "max_iterations=8"]),
+        capsys,
+        "no checkpoint at step 3",
+        "[2, 4]",
+    )
     assert snapshot(trained) == before
 
 
@@ -184,7 +208,7 @@ def test_corrupt_checkpoint_names_step_and_older_choice(tmp_path, trained, capsy
     shutil.copytree(trained, run_dir)
     for f in (run_dir / "checkpoints" / "4" / "params").rglob("ocdbt.process_0/d/*"):
         data = bytearray(f.read_bytes())
-        data[len(data) // 2:] = bytes(b ^ 0xFF for b in data[len(data) // 2:])
+        data[len(data) // 2 :] = bytes(b ^ 0xFF for b in data[len(data) // 2 :])
         f.write_bytes(data)
     before = snapshot(run_dir)
     code = launch.main(["--resume", str(run_dir), "--quiet", "--set", "max_iterations=6"])

@@ -19,15 +19,32 @@ from flax import nnx
 
 from helpers import REPO_ROOT, TINY_MODEL
 from jaxlm import bench
-from jaxlm.data.memory_check import write_token_file
 from jaxlm.config import load_config
+from jaxlm.data.memory_check import write_token_file
 from jaxlm.data.tokens import open_tokens
-from jaxlm.train.flops import flops_per_token
 from jaxlm.model.transformer import build_model
+from jaxlm.train.flops import flops_per_token
 
-KEYS = ("impl", "jax", "backend", "device_kind", "devices", "params", "batch_size", "context_length", "dtype",
-        "compile_s", "step_ms", "tokens_per_sec", "gflops_per_sec", "mfu", "peak_gflops_per_sec", "peak_source",
-        "final_loss", "flops_per_token")
+KEYS = (
+    "impl",
+    "jax",
+    "backend",
+    "device_kind",
+    "devices",
+    "params",
+    "batch_size",
+    "context_length",
+    "dtype",
+    "compile_s",
+    "step_ms",
+    "tokens_per_sec",
+    "gflops_per_sec",
+    "mfu",
+    "peak_gflops_per_sec",
+    "peak_source",
+    "final_loss",
+    "flops_per_token",
+)
 GPU_CHECK = REPO_ROOT / "launch" / "gpu_check.sh"
 
 
@@ -87,7 +104,7 @@ def test_flops_per_token_is_the_torch_reference_count(bench_line, tiny_config):
     for name in ("quickstart", "tinystories_17m"):
         c = load_config(REPO_ROOT / "configs" / f"{name}.json")
         n = torch_reference_params(c.vocab_size, c.d_model, c.num_layers, c.ffn_dim)
-        _, params = nnx.split(nnx.eval_shape(lambda: build_model(c)), nnx.Param)
+        _, params = nnx.split(nnx.eval_shape(lambda c=c: build_model(c)), nnx.Param)
         assert sum(leaf.size for leaf in jax.tree.leaves(params)) == n  # the model jaxlm builds has N parameters
         assert flops_per_token(c) == 6 * n + 12 * c.num_layers * c.context_length * c.d_model
 
@@ -99,12 +116,15 @@ def test_markdown_table_row(bench_line):
     assert table[2].count("|") == table[0].count("|")
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--steps", "0"], "--steps: must be at least 1"),
-    (["--warmup", "-1"], "--warmup: must be >= 0"),
-    (["--set", "d_model=33"], "config key 'd_model'"),
-    (["--dtype", "float32", "--memory", "--memory-big-mb", "0"], "--memory-big-mb: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--steps", "0"], "--steps: must be at least 1"),
+        (["--warmup", "-1"], "--warmup: must be >= 0"),
+        (["--set", "d_model=33"], "config key 'd_model'"),
+        (["--dtype", "float32", "--memory", "--memory-big-mb", "0"], "--memory-big-mb: must be at least 1"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tiny_file, argv, needle):
     code, out, err = run_main(["--config", tiny_file, *argv])
     assert code == 2 and out == ""
@@ -127,8 +147,19 @@ def test_token_file_is_read_by_the_real_loader(tmp_path):
 
 
 def test_memory_mode_reports_both_peaks(tiny_file, tmp_path):
-    code, out, err = run_main(["--memory", "--config", tiny_file, "--memory-big-mb", "64",
-                               "--memory-small-mb", "4", "--memory-dir", str(tmp_path)])
+    code, out, err = run_main(
+        [
+            "--memory",
+            "--config",
+            tiny_file,
+            "--memory-big-mb",
+            "64",
+            "--memory-small-mb",
+            "4",
+            "--memory-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0, err
     line, verdict = out.strip().splitlines()
     r = json.loads(line)
@@ -161,9 +192,15 @@ def test_gpu_check_refuses_without_a_gpu(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("JAXLM_SLOW_TESTS") != "1", reason="about a minute on 2 cores: JAXLM_SLOW_TESTS=1")
 def test_gpu_check_cpu_smoke_run(tmp_path):
-    env = {**fake_nvidia_smi(tmp_path), "JAXLM_GPU_CHECK_ALLOW_CPU": "1", "JAXLM_GPU_CHECK_STEPS": "1",
-           "JAXLM_GPU_CHECK_WARMUP": "1", "JAXLM_GPU_CHECK_TRAIN_STEPS": "4", "JAXLM_GPU_CHECK_OUT": str(tmp_path / "out"),
-           "JAXLM_GPU_CHECK_SETS": "d_model=32 num_heads=4 d_ff=64 num_layers=2 context_length=32 eval_batches=2"}
+    env = {
+        **fake_nvidia_smi(tmp_path),
+        "JAXLM_GPU_CHECK_ALLOW_CPU": "1",
+        "JAXLM_GPU_CHECK_STEPS": "1",
+        "JAXLM_GPU_CHECK_WARMUP": "1",
+        "JAXLM_GPU_CHECK_TRAIN_STEPS": "4",
+        "JAXLM_GPU_CHECK_OUT": str(tmp_path / "out"),
+        "JAXLM_GPU_CHECK_SETS": "d_model=32 num_heads=4 d_ff=64 num_layers=2 context_length=32 eval_batches=2",
+    }
     p = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     report = (tmp_path / "out" / "report.md").read_text().splitlines()

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO_ROOT, TINY_MODEL
 from jaxlm import launch
 from jaxlm.config import Config, build_config, load_config, parse_override
 from jaxlm.errors import EXIT_USAGE, ConfigError, UserError
 
-from helpers import REPO_ROOT, TINY_MODEL
-
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`python -m jaxlm.launch ...` in a fresh process (config errors never import JAX: ~0.2 s)."""
-    return subprocess.run([sys.executable, "-m", "jaxlm.launch", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxlm.launch", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def write_config(path: Path, **overrides) -> Path:
@@ -109,14 +109,18 @@ def test_top_level_must_be_an_object(tmp_path, capsys):
 
 # ---------------------------------------------------------------- --set overrides
 
-@pytest.mark.parametrize("override,key,needle", [
-    ("d_modle=64", "d_modle", "did you mean 'd_model'"),
-    ("d_model=abc", "d_model", "cannot parse"),
-    ("d_model=12.5", "d_model", "expected int"),
-    ("num_heads=5", "d_model", "divisible"),
-    ("warmup_iters=21", "warmup_iters", "max_iterations"),
-    ("dtype=fp8", "dtype", "float32"),
-])
+
+@pytest.mark.parametrize(
+    "override,key,needle",
+    [
+        ("d_modle=64", "d_modle", "did you mean 'd_model'"),
+        ("d_model=abc", "d_model", "cannot parse"),
+        ("d_model=12.5", "d_model", "expected int"),
+        ("num_heads=5", "d_model", "divisible"),
+        ("warmup_iters=21", "warmup_iters", "max_iterations"),
+        ("dtype=fp8", "dtype", "float32"),
+    ],
+)
 def test_bad_set_overrides(override, key, needle, tmp_path, capsys):
     cfg = write_config(tmp_path / "ok.json")
     out = tmp_path / "out"
@@ -133,8 +137,19 @@ def test_set_without_equals_sign(tmp_path, capsys):
 
 def test_set_overrides_are_typed_by_field(tmp_path):
     cfg = write_config(tmp_path / "ok.json", device="cpu")
-    c = load_config(cfg, ["d_model=64", "learning_rate=1e-3", "min_learning_rate=1e-4", "device=null",
-                          "tie_embeddings=true", "description=two words", "rope_theta=500", "d_ff=null"])
+    c = load_config(
+        cfg,
+        [
+            "d_model=64",
+            "learning_rate=1e-3",
+            "min_learning_rate=1e-4",
+            "device=null",
+            "tie_embeddings=true",
+            "description=two words",
+            "rope_theta=500",
+            "d_ff=null",
+        ],
+    )
     assert c.d_model == 64 and isinstance(c.d_model, int)
     assert c.learning_rate == 1e-3 and isinstance(c.learning_rate, float)
     assert c.rope_theta == 500.0 and isinstance(c.rope_theta, float)
@@ -153,7 +168,7 @@ def test_later_overrides_win_and_file_values_load(tmp_path):
 
 def test_config_is_frozen(tiny_config):
     c = tiny_config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.d_model = 128  # type: ignore[misc]
 
 
@@ -165,9 +180,12 @@ def test_config_errors_are_user_errors():
 
 # ---------------------------------------------------------------- names, run directories, --dry-run
 
+
 def test_bad_run_name_is_refused(tmp_path, capsys):
     cfg = write_config(tmp_path / "ok.json")
-    assert launch.main(["--config", str(cfg), "--output-dir", str(tmp_path / "out"), "--name", "../escape"]) == EXIT_USAGE
+    assert (
+        launch.main(["--config", str(cfg), "--output-dir", str(tmp_path / "out"), "--name", "../escape"]) == EXIT_USAGE
+    )
     assert "--name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape").exists()
 
@@ -183,15 +201,19 @@ def test_existing_run_directory_is_refused_and_left_alone(tmp_path, capsys):
 
 
 def test_missing_data_file_exits_2_before_writing(tmp_path, capsys):
-    cfg = write_config(tmp_path / "ok.json", train_data_path=str(tmp_path / "no.npy"), val_data_path=str(tmp_path / "no.npy"))
+    cfg = write_config(
+        tmp_path / "ok.json", train_data_path=str(tmp_path / "no.npy"), val_data_path=str(tmp_path / "no.npy")
+    )
     assert launch.main(["--config", str(cfg), "--output-dir", str(tmp_path / "out")]) == EXIT_USAGE
     assert "'train_data_path'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_dry_run_on_tinystories_17m_reports_about_17m_non_embedding_params(tmp_path):
-    proc = run_cli(["--config", str(REPO_ROOT / "configs" / "tinystories_17m.json"), "--dry-run",
-                    "--output-dir", "out"], cwd=tmp_path)
+    proc = run_cli(
+        ["--config", str(REPO_ROOT / "configs" / "tinystories_17m.json"), "--dry-run", "--output-dir", "out"],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     m = re.search(r"parameters: ([\d,]+) total, ([\d,]+) non-embedding", proc.stdout)
     assert m, proc.stdout
@@ -201,7 +223,7 @@ def test_dry_run_on_tinystories_17m_reports_about_17m_non_embedding_params(tmp_p
     assert total == non_embedding + 10_000 * 512
     assert re.search(r"FLOPs per token \(train\): [\d,]+", proc.stdout)
     assert "total: 327,680,000" in proc.stdout  # batch x steps x context = 327.68M training tokens
-    resolved = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    resolved = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
     assert resolved["vocab_size"] == 10000 and resolved["d_ff"] == 1344 and resolved["context_length"] == 256
     assert resolved["train_data_path"] == "data/tinystories/train.npy"
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
@@ -209,8 +231,19 @@ def test_dry_run_on_tinystories_17m_reports_about_17m_non_embedding_params(tmp_p
 
 def test_dry_run_shows_overrides_and_description(tmp_path, capsys):
     cfg = write_config(tmp_path / "ok.json")
-    code = launch.main(["--config", str(cfg), "--dry-run", "--set", "d_model=64", "--description", "probe",
-                        "--output-dir", str(tmp_path / "out")])
+    code = launch.main(
+        [
+            "--config",
+            str(cfg),
+            "--dry-run",
+            "--set",
+            "d_model=64",
+            "--description",
+            "probe",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "run: ok" in out  # --name defaults to the config file's stem
@@ -219,6 +252,7 @@ def test_dry_run_shows_overrides_and_description(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- the README documents every key and flag
+
 
 def readme_table_rows(heading: str) -> dict[str, list[str]]:
     """Rows of the first table under `## heading` in README.md, keyed by the first cell (backticks stripped)."""
@@ -265,7 +299,9 @@ def test_readme_config_table_lists_every_key_with_its_default():
     for name, cells in rows.items():
         documented = json.loads(cells[2].strip("`"))
         if documented != FIELDS_BY_NAME[name].default:
-            wrong_default.append(f"{name}: README says {cells[2]}, Config has {json.dumps(FIELDS_BY_NAME[name].default)}")
+            wrong_default.append(
+                f"{name}: README says {cells[2]}, Config has {json.dumps(FIELDS_BY_NAME[name].default)}"
+            )
     assert not wrong_default, "README.md config defaults are stale: " + "; ".join(wrong_default)
 
 

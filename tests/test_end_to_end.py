@@ -9,10 +9,9 @@ import math
 import numpy as np
 import pytest
 
+from helpers import TINY_MODEL
 from jaxlm import launch
 from jaxlm.config import FIELDS
-
-from helpers import TINY_MODEL
 
 
 def write_config(path, **overrides):
@@ -26,12 +25,22 @@ def read_csv(path):
 
 
 def test_quick_training_on_bundled_sample_lowers_loss(tmp_path, capsys):
-    cfg = write_config(tmp_path / "tiny.json", dataset="tinystories-sample", vocab_size=300, max_iterations=40,
-                       eval_interval=20, learning_rate=1e-2, min_learning_rate=1e-3, warmup_iters=4,
-                       batch_size=8, sample_tokens=12)
+    cfg = write_config(
+        tmp_path / "tiny.json",
+        dataset="tinystories-sample",
+        vocab_size=300,
+        max_iterations=40,
+        eval_interval=20,
+        learning_rate=1e-2,
+        min_learning_rate=1e-3,
+        warmup_iters=4,
+        batch_size=8,
+        sample_tokens=12,
+    )
     out = tmp_path / "runs"
-    code = launch.main(["--config", str(cfg), "--output-dir", str(out), "--name", "e2e", "--quiet",
-                        "--description", "end-to-end test"])
+    code = launch.main(
+        ["--config", str(cfg), "--output-dir", str(out), "--name", "e2e", "--quiet", "--description", "end-to-end test"]
+    )
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     run_dir = out / "e2e"
@@ -80,9 +89,18 @@ def test_training_on_a_synthetic_npy_file(tmp_path, capsys):
     tokens = np.tile(pattern, 400).astype(np.uint16)
     np.save(tmp_path / "train.npy", tokens)
     np.save(tmp_path / "valid.npy", tokens[: 17 * 40])
-    cfg = write_config(tmp_path / "synth.json", vocab_size=64, max_iterations=30, eval_interval=30,
-                       learning_rate=1e-2, min_learning_rate=1e-3, warmup_iters=3, batch_size=8,
-                       train_data_path=str(tmp_path / "train.npy"), val_data_path=str(tmp_path / "valid.npy"))
+    cfg = write_config(
+        tmp_path / "synth.json",
+        vocab_size=64,
+        max_iterations=30,
+        eval_interval=30,
+        learning_rate=1e-2,
+        min_learning_rate=1e-3,
+        warmup_iters=3,
+        batch_size=8,
+        train_data_path=str(tmp_path / "train.npy"),
+        val_data_path=str(tmp_path / "valid.npy"),
+    )
     assert launch.main(["--config", str(cfg), "--output-dir", str(tmp_path / "runs"), "--quiet"]) == 0
     run_dir = tmp_path / "runs" / "synth"  # --name defaults to the config file's stem
     rows = read_csv(run_dir / "metrics.csv")

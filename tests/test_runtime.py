@@ -34,8 +34,9 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
 def run_python(args: list[str], **env_changes) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("JAXLM_HOST_MALLOC", "GLIBC_TUNABLES")}
     env.update(env_changes)
-    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          check=True, timeout=300).stdout
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True, timeout=300
+    ).stdout
 
 
 def test_jaxlm_commands_reexecute_with_huge_pages_unless_told_not_to():
@@ -50,14 +51,21 @@ def test_jaxlm_commands_reexecute_with_huge_pages_unless_told_not_to():
     # Importing jaxlm, or calling a command's main from a script, never re-executes the process.
     imported = "import jaxlm, jaxlm.launch, os; print(os.environ.get('GLIBC_TUNABLES'))"
     assert run_python(["-c", imported]).strip() == "None"
-    called = ("import os, jaxlm.launch as l; l.main(['--config', 'configs/quickstart.json', '--dry-run']); "
-              "print('AFTER', os.environ.get('GLIBC_TUNABLES'))")
+    called = (
+        "import os, jaxlm.launch as l; l.main(['--config', 'configs/quickstart.json', '--dry-run']); "
+        "print('AFTER', os.environ.get('GLIBC_TUNABLES'))"
+    )
     assert run_python(["-c", called]).strip().endswith("AFTER None")
 
 
 def test_console_script_is_a_command_with_the_same_entry():
-    out = run_python(["-c", "import sys; from jaxlm.cli import main; sys.argv = ['jaxlm', 'launch', "
-                      "'--config', 'configs/quickstart.json', '--dry-run']; main()"])
+    out = run_python(
+        [
+            "-c",
+            "import sys; from jaxlm.cli import main; sys.argv = ['jaxlm', 'launch', "
+            "'--config', 'configs/quickstart.json', '--dry-run']; main()",
+        ]
+    )
     assert re.search(r"^runtime: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ", out, re.M)
     assert "run: quickstart" in out
 
@@ -83,8 +91,9 @@ def test_huge_pages_stop_xla_faulting_its_buffers_in_on_every_call():
 def test_compilation_cache_goes_to_jaxlm_cache_dir_unless_jax_has_one(tmp_path):
     code = "from jaxlm.runtime import enable_compilation_cache; print(enable_compilation_cache())"
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    run = lambda **extra: subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env={**env, **extra},
-                                         capture_output=True, text=True, check=True).stdout.strip()
+    run = lambda **extra: subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env={**env, **extra}, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert run(JAXLM_CACHE_DIR=str(tmp_path)) == str(tmp_path / "xla")
     assert run(JAXLM_CACHE_DIR=str(tmp_path), JAX_COMPILATION_CACHE_DIR="/somewhere/else") == "/somewhere/else"
     assert run(JAXLM_CACHE_DIR=str(tmp_path), JAXLM_COMPILATION_CACHE="0") == "None"

@@ -14,9 +14,24 @@ from jaxlm.sweep import expand, main, parse_grid
 from jaxlm.tracking import ExperimentTracker
 
 SAMPLE = Path(__file__).resolve().parent.parent / "jaxlm" / "data" / "tinystories_sample"
-TINY = {"vocab_size": 300, "context_length": 16, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64,
-        "batch_size": 4, "max_iterations": 20, "warmup_iters": 4, "learning_rate": 1e-3, "min_learning_rate": 1e-4,
-        "log_interval": 2, "eval_interval": 4, "checkpoint_interval": 4, "eval_batches": 1, "sample_tokens": 0}
+TINY = {
+    "vocab_size": 300,
+    "context_length": 16,
+    "d_model": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "d_ff": 64,
+    "batch_size": 4,
+    "max_iterations": 20,
+    "warmup_iters": 4,
+    "learning_rate": 1e-3,
+    "min_learning_rate": 1e-4,
+    "log_interval": 2,
+    "eval_interval": 4,
+    "checkpoint_interval": 4,
+    "eval_batches": 1,
+    "sample_tokens": 0,
+}
 
 
 @pytest.fixture
@@ -25,17 +40,29 @@ def base(tmp_path) -> Path:
     (tmp_path / "train.txt").write_text(text[:20_000])
     (tmp_path / "valid.txt").write_text(text[20_000:26_000])
     path = tmp_path / "base.json"
-    path.write_text(json.dumps({**TINY, "train_data_path": str(tmp_path / "train.txt"),
-                                "val_data_path": str(tmp_path / "valid.txt")}))
+    path.write_text(
+        json.dumps(
+            {**TINY, "train_data_path": str(tmp_path / "train.txt"), "val_data_path": str(tmp_path / "valid.txt")}
+        )
+    )
     return path
 
 
 def test_grid_expansion_names_and_constant_tokens(base):
     grid = parse_grid(["batch_size=4,8", "learning_rate=1e-3,3e-3"])
     points = expand(str(base), grid, ["max_iterations=40", "warmup_iters=8"], "bs", constant_tokens=True)
-    assert [p.name for p in points] == ["bs_batch_size=4_learning_rate=1e-3", "bs_batch_size=4_learning_rate=3e-3",
-                                        "bs_batch_size=8_learning_rate=1e-3", "bs_batch_size=8_learning_rate=3e-3"]
-    assert [(p.config.batch_size, p.config.learning_rate) for p in points] == [(4, 1e-3), (4, 3e-3), (8, 1e-3), (8, 3e-3)]
+    assert [p.name for p in points] == [
+        "bs_batch_size=4_learning_rate=1e-3",
+        "bs_batch_size=4_learning_rate=3e-3",
+        "bs_batch_size=8_learning_rate=1e-3",
+        "bs_batch_size=8_learning_rate=3e-3",
+    ]
+    assert [(p.config.batch_size, p.config.learning_rate) for p in points] == [
+        (4, 1e-3),
+        (4, 3e-3),
+        (8, 1e-3),
+        (8, 3e-3),
+    ]
     tokens = {p.config.batch_size * p.config.max_iterations * p.config.context_length for p in points}
     assert tokens == {4 * 40 * 16}  # batch 8 trains 20 steps, not 40
     assert points[2].config.max_iterations == 20 and points[2].config.warmup_iters == 4
@@ -51,8 +78,22 @@ def test_grid_expansion_names_and_constant_tokens(base):
 
 def test_dry_run_prints_runs_and_writes_nothing(base, tmp_path, capsys):
     out = tmp_path / "runs"
-    assert main(["--config", str(base), "--grid", "learning_rate=1e-3,1e-2", "--name-prefix", "lr",
-                 "--output-dir", str(out), "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(base),
+                "--grid",
+                "learning_rate=1e-3,1e-2",
+                "--name-prefix",
+                "lr",
+                "--output-dir",
+                str(out),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "lr_learning_rate=1e-3 [run" in printed and "lr_learning_rate=1e-2 [run" in printed
     assert "jaxlm.launch --config" in printed and "--set learning_rate=1e-2" in printed
@@ -93,14 +134,28 @@ class FakeLaunch:
 
 def test_sweep_records_diverged_and_failed_points_and_reruns_resume(base, tmp_path, capsys):
     out, log = tmp_path / "runs", tmp_path / "EXPERIMENT_LOG.md"
-    args = ["--config", str(base), "--grid", "learning_rate=1e-3,3e-3,1e-2,1", "--name-prefix", "lr",
-            "--output-dir", str(out), "--experiment-log", str(log)]
+    args = [
+        "--config",
+        str(base),
+        "--grid",
+        "learning_rate=1e-3,3e-3,1e-2,1",
+        "--name-prefix",
+        "lr",
+        "--output-dir",
+        str(out),
+        "--experiment-log",
+        str(log),
+    ]
     fake = FakeLaunch({"1e-3": "completed", "3e-3": "interrupted", "1e-2": "failed", "1": "diverged"})
     assert main(args, runner=fake) == 1  # not every point finished
     assert len(fake.commands) == 4  # the failed and diverged points did not stop the sweep
 
     table = (out / "lr_sweep.md").read_text()
-    rows = {line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| ") and "learning_rate=" in line}
+    rows = {
+        line.split("|")[2].strip(): line
+        for line in table.splitlines()
+        if line.startswith("| ") and "learning_rate=" in line
+    }
     assert "**DIVERGED** at step 9" in rows["[learning_rate=1](lr_learning_rate=1)"]
     assert "failed" in rows["[learning_rate=1e-2](lr_learning_rate=1e-2)"]
     assert "**best**" in rows["**[learning_rate=1e-3](lr_learning_rate=1e-3)**"]  # 3e-3 was interrupted
@@ -113,8 +168,11 @@ def test_sweep_records_diverged_and_failed_points_and_reruns_resume(base, tmp_pa
     assert len(fake2.commands) == 1 and "--resume" in fake2.commands[0]
     assert fake2.commands[0][fake2.commands[0].index("--resume") + 1] == str(out / "lr_learning_rate=3e-3")
     assert "--no-experiment-log" in fake2.commands[0]
-    rows = {line.split("|")[2].strip(): line for line in (out / "lr_sweep.md").read_text().splitlines()
-            if line.startswith("| ") and "learning_rate=" in line}
+    rows = {
+        line.split("|")[2].strip(): line
+        for line in (out / "lr_sweep.md").read_text().splitlines()
+        if line.startswith("| ") and "learning_rate=" in line
+    }
     assert "**best**" in rows["**[learning_rate=3e-3](lr_learning_rate=3e-3)**"]  # 1.42 after resuming
     assert log.read_text().count("\n## ") == 2
 
@@ -126,8 +184,25 @@ def test_sweep_records_diverged_and_failed_points_and_reruns_resume(base, tmp_pa
 
 def test_one_real_point_through_launch(base, tmp_path, capsys):
     out = tmp_path / "runs"
-    assert main(["--config", str(base), "--grid", "learning_rate=2e-3", "--set", "max_iterations=4",
-                 "--name-prefix", "real", "--output-dir", str(out), "--quiet", "--no-experiment-log"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(base),
+                "--grid",
+                "learning_rate=2e-3",
+                "--set",
+                "max_iterations=4",
+                "--name-prefix",
+                "real",
+                "--output-dir",
+                str(out),
+                "--quiet",
+                "--no-experiment-log",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "real_learning_rate=2e-3" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 4
     assert json.loads((out / "real_learning_rate=2e-3" / "config.json").read_text())["learning_rate"] == 2e-3

@@ -23,17 +23,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = sub.add_parser("download", help="fetch a corpus's published files (resumable)")
     d.add_argument("dataset", choices=sorted(DATASETS))
     d.add_argument("--dir", default="data/raw", type=Path, help="where the files go (default data/raw)")
-    d.add_argument("--endpoint", default=None,
-                   help=f"Hugging Face Hub or mirror base URL (default $HF_ENDPOINT or {default_endpoint()})")
+    d.add_argument(
+        "--endpoint",
+        default=None,
+        help=f"Hugging Face Hub or mirror base URL (default $HF_ENDPOINT or {default_endpoint()})",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     r = sub.add_parser("prepare", help="train/load the tokenizer and encode train + valid text to token files")
     r.add_argument("--train", required=True, type=Path, help="training text (.txt or .txt.gz)")
     r.add_argument("--valid", required=True, type=Path, help="validation text (.txt or .txt.gz)")
     r.add_argument("--out", required=True, type=Path, help="output folder (tokenizer.json, train.npy, valid.npy)")
     r.add_argument("--vocab-size", type=int, help="BPE vocabulary size to train (needed without --tokenizer)")
-    r.add_argument("--tokenizer", type=Path,
-                   help="use this tokenizer instead of training one: tokenizer.json, or a folder with it or "
-                        "with GPT-2-style vocab.json + merges.txt")
+    r.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="use this tokenizer instead of training one: tokenizer.json, or a folder with it or "
+        "with GPT-2-style vocab.json + merges.txt",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -46,16 +52,24 @@ def main(argv: list[str] | None = None) -> int:
             for path in download_dataset(args.dataset, args.dir, endpoint=args.endpoint, progress=not args.quiet):
                 print(f"{path} ({path.stat().st_size:,} bytes)")
             return EXIT_OK
-        report = prepare_corpus(args.train, args.valid, args.out, vocab_size=args.vocab_size,
-                                tokenizer=args.tokenizer, progress=not args.quiet)
+        report = prepare_corpus(
+            args.train,
+            args.valid,
+            args.out,
+            vocab_size=args.vocab_size,
+            tokenizer=args.tokenizer,
+            progress=not args.quiet,
+        )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(f"tokenizer: {report.vocab_size:,} tokens ({report.tokenizer_seconds:.1f}s) -> {report.tokenizer_path}")
     for split in report.splits:
         print(split.line())
-    print(f'config: "vocab_size": {report.vocab_size}, "train_data_path": "{report.splits[0].path}", '
-          f'"val_data_path": "{report.splits[1].path}"')
+    print(
+        f'config: "vocab_size": {report.vocab_size}, "train_data_path": "{report.splits[0].path}", '
+        f'"val_data_path": "{report.splits[1].path}"'
+    )
     return EXIT_OK
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import urllib.error
 import urllib.request
 from http.client import HTTPException
@@ -48,8 +47,9 @@ def _total_size(response, offset: int) -> int | None:
 
 
 def _unreachable(endpoint: str, reason: object) -> DataError:
-    return DataError(f"cannot reach {endpoint} ({reason}): check the network, or point --endpoint "
-                     f"(or $HF_ENDPOINT) at a mirror")
+    return DataError(
+        f"cannot reach {endpoint} ({reason}): check the network, or point --endpoint (or $HF_ENDPOINT) at a mirror"
+    )
 
 
 def download_file(url: str, dest: Path, *, endpoint: str, progress: bool = False) -> Path:
@@ -72,7 +72,7 @@ def download_file(url: str, dest: Path, *, endpoint: str, progress: bool = False
                 os.replace(part, dest)
                 return dest
         raise DataError(f"download {url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError, HTTPException) as e:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, HTTPException) as e:
         raise _unreachable(endpoint, getattr(e, "reason", e)) from None
     with response:
         if response.status != 206:
@@ -84,9 +84,11 @@ def download_file(url: str, dest: Path, *, endpoint: str, progress: bool = False
                 while block := response.read(BLOCK_BYTES):
                     f.write(block)
                     bar.update(len(block))
-        except (socket.timeout, ConnectionError, HTTPException) as e:
-            raise DataError(f"download {dest.name}: interrupted after {part.stat().st_size:,} bytes "
-                            f"({type(e).__name__}); run again to resume") from None
+        except (TimeoutError, ConnectionError, HTTPException) as e:
+            raise DataError(
+                f"download {dest.name}: interrupted after {part.stat().st_size:,} bytes "
+                f"({type(e).__name__}); run again to resume"
+            ) from None
         finally:
             bar.close()
     size = part.stat().st_size
@@ -96,12 +98,15 @@ def download_file(url: str, dest: Path, *, endpoint: str, progress: bool = False
     return dest
 
 
-def download_dataset(name: str, out_dir: str | Path, *, endpoint: str | None = None,
-                     progress: bool = False) -> list[Path]:
+def download_dataset(
+    name: str, out_dir: str | Path, *, endpoint: str | None = None, progress: bool = False
+) -> list[Path]:
     """Download every file of a known dataset into `out_dir`."""
     if name not in DATASETS:
         raise DataError(f"dataset '{name}': unknown (known: {', '.join(DATASETS)})")
     endpoint = endpoint or default_endpoint()
     repo, files = DATASETS[name]
-    return [download_file(file_url(endpoint, repo, f), Path(out_dir) / f, endpoint=endpoint, progress=progress)
-            for f in files]
+    return [
+        download_file(file_url(endpoint, repo, f), Path(out_dir) / f, endpoint=endpoint, progress=progress)
+        for f in files
+    ]

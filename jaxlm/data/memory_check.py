@@ -48,8 +48,15 @@ CHUNK_TOKENS = 1 << 23  # 16 MiB of uint16 per write
 SAMPLE_S = 0.05  # how often the children's /proc is read
 MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")  # a mapping's header line in /proc/PID/smaps
 # Keep the children's non-data work small and the same for both files (the last step still evaluates and checkpoints).
-MINIMAL_RUN = ("warmup_iters=2", f"eval_interval={STEPS}", "eval_batches=1", "sample_tokens=0",
-               f"log_interval={STEPS}", f"checkpoint_interval={STEPS}", "keep_checkpoints=1")
+MINIMAL_RUN = (
+    "warmup_iters=2",
+    f"eval_interval={STEPS}",
+    "eval_batches=1",
+    "sample_tokens=0",
+    f"log_interval={STEPS}",
+    f"checkpoint_interval={STEPS}",
+    "keep_checkpoints=1",
+)
 
 
 def write_token_file(path: Path, mib: int, vocab_size: int, seed: int = 0) -> dict:
@@ -63,17 +70,24 @@ def write_token_file(path: Path, mib: int, vocab_size: int, seed: int = 0) -> di
     n = mib * MIB // 2
     base = np.random.default_rng(seed).integers(0, vocab_size, min(n, CHUNK_TOKENS), dtype=np.uint16)
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(np.uint16).str, "fortran_order": False,
-                                                 "shape": (n,)})
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.dtype(np.uint16).str, "fortran_order": False, "shape": (n,)}
+        )
         written, i = 0, 0
         while written < n:
-            piece = base[:min(len(base), n - written)]
+            piece = base[: min(len(base), n - written)]
             k = (i * 104729) % len(piece)
             f.write(piece[k:])
             f.write(piece[:k])
             written, i = written + len(piece), i + 1
-    meta = {"vocab_size": vocab_size, "dtype": "uint16", "num_tokens": n, "num_bytes": None,
-            "max_token_id": int(base.max()), "source": "jaxlm.bench --memory (random token ids)"}
+    meta = {
+        "vocab_size": vocab_size,
+        "dtype": "uint16",
+        "num_tokens": n,
+        "num_bytes": None,
+        "max_token_id": int(base.max()),
+        "source": "jaxlm.bench --memory (random token ids)",
+    }
     meta_path(path).write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -118,17 +132,37 @@ def peak_rss_run(cmd: list[str], log: Path, env: dict, token_file: Path) -> dict
             proc.wait()
             raise
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    return {"exit": proc.returncode, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "token_file_rss_mb": round(peak_file / 1024, 1), "anon_rss_mb": round(peak_anon / 1024, 1),
-            "wall_s": round(time.perf_counter() - t0, 1)}
+    return {
+        "exit": proc.returncode,
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "token_file_rss_mb": round(peak_file / 1024, 1),
+        "anon_rss_mb": round(peak_anon / 1024, 1),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def train_on(token_file: Path, label: str, config: str, overrides: list[str], work: Path) -> dict:
     """Train STEPS steps reading `token_file` in a subprocess; its peak RSS and what it did."""
-    cmd = [sys.executable, "-m", "jaxlm.launch", "--config", config, "--name", f"memory-{label}",
-           "--output-dir", str(work / "runs"), "--no-experiment-log", "--quiet"]
-    sets = [*MINIMAL_RUN, *overrides, f"train_data_path={token_file}", f"val_data_path={token_file}",
-            f"max_iterations={STEPS}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxlm.launch",
+        "--config",
+        config,
+        "--name",
+        f"memory-{label}",
+        "--output-dir",
+        str(work / "runs"),
+        "--no-experiment-log",
+        "--quiet",
+    ]
+    sets = [
+        *MINIMAL_RUN,
+        *overrides,
+        f"train_data_path={token_file}",
+        f"val_data_path={token_file}",
+        f"max_iterations={STEPS}",
+    ]
     cmd += [arg for s in sets for arg in ("--set", s)]
     env = {**os.environ, "JAXLM_COMPILATION_CACHE": "0"}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
@@ -139,7 +173,11 @@ def train_on(token_file: Path, label: str, config: str, overrides: list[str], wo
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"the {label}-file run failed (exit {rc}): " + " | ".join(tail))
     summary = json.loads((work / "runs" / f"memory-{label}" / "summary.json").read_text())
-    return {**run, "steps_done": summary.get("steps"), "tokens_per_sec": round(summary.get("mean_tokens_per_sec") or 0, 1)}
+    return {
+        **run,
+        "steps_done": summary.get("steps"),
+        "tokens_per_sec": round(summary.get("mean_tokens_per_sec") or 0, 1),
+    }
 
 
 def run_memory(a, config: str, c, overrides: list[str]) -> tuple[dict, str]:
@@ -155,8 +193,9 @@ def run_memory(a, config: str, c, overrides: list[str]) -> tuple[dict, str]:
     root.mkdir(parents=True, exist_ok=True)
     need = (a.memory_big_mb + a.memory_small_mb + 512) * MIB
     if shutil.disk_usage(root).free < need:
-        raise UserError(f"--memory-dir: '{root}' has {shutil.disk_usage(root).free // MIB} MiB free, "
-                        f"needs about {need // MIB} MiB")
+        raise UserError(
+            f"--memory-dir: '{root}' has {shutil.disk_usage(root).free // MIB} MiB free, needs about {need // MIB} MiB"
+        )
     work = Path(tempfile.mkdtemp(prefix="jaxlm-memory-", dir=root))
     result = {"mode": "memory", "config": config, "steps": STEPS, "threshold_mb": THRESHOLD_MB}
     try:
@@ -164,8 +203,13 @@ def run_memory(a, config: str, c, overrides: list[str]) -> tuple[dict, str]:
             t0 = time.perf_counter()
             token_file = work / f"{label}.npy"
             meta = write_token_file(token_file, mib, c.vocab_size, seed=c.seed)
-            result.update({f"{label}_file_mb": mib, f"{label}_tokens": meta["num_tokens"],
-                           f"{label}_write_s": round(time.perf_counter() - t0, 1)})
+            result.update(
+                {
+                    f"{label}_file_mb": mib,
+                    f"{label}_tokens": meta["num_tokens"],
+                    f"{label}_write_s": round(time.perf_counter() - t0, 1),
+                }
+            )
             result.update({f"{label}_{k}": v for k, v in train_on(token_file, label, config, overrides, work).items()})
     finally:
         if a.keep:
@@ -175,10 +219,16 @@ def run_memory(a, config: str, c, overrides: list[str]) -> tuple[dict, str]:
     diff = result["big_peak_rss_mb"] - result["small_peak_rss_mb"]
     file_diff = result["big_token_file_rss_mb"] - result["small_token_file_rss_mb"]
     anon_diff = result["big_anon_rss_mb"] - result["small_anon_rss_mb"]
-    result.update(diff_mb=round(diff, 1), token_file_rss_diff_mb=round(file_diff, 1),
-                  anon_rss_diff_mb=round(anon_diff, 1), passed=diff < THRESHOLD_MB)
-    verdict = (f"memory: {'PASS' if result['passed'] else 'FAIL'}: peak RSS {result['big_peak_rss_mb']:.0f} MB "
-               f"training on the {a.memory_big_mb} MB token file vs {result['small_peak_rss_mb']:.0f} MB on the "
-               f"{a.memory_small_mb} MB one: difference {diff:+.0f} MB (pass if < {THRESHOLD_MB} MB); of it, pages "
-               f"of the token file mapped {file_diff:+.0f} MB, anonymous {anon_diff:+.0f} MB (sampled)")
+    result.update(
+        diff_mb=round(diff, 1),
+        token_file_rss_diff_mb=round(file_diff, 1),
+        anon_rss_diff_mb=round(anon_diff, 1),
+        passed=diff < THRESHOLD_MB,
+    )
+    verdict = (
+        f"memory: {'PASS' if result['passed'] else 'FAIL'}: peak RSS {result['big_peak_rss_mb']:.0f} MB "
+        f"training on the {a.memory_big_mb} MB token file vs {result['small_peak_rss_mb']:.0f} MB on the "
+        f"{a.memory_small_mb} MB one: difference {diff:+.0f} MB (pass if < {THRESHOLD_MB} MB); of it, pages "
+        f"of the token file mapped {file_diff:+.0f} MB, anonymous {anon_diff:+.0f} MB (sampled)"
+    )
     return result, verdict

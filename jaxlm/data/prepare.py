@@ -41,8 +41,10 @@ class SplitReport:
         return self.num_bytes / 1e6 / max(self.seconds, 1e-9)
 
     def line(self) -> str:
-        return (f"{self.name}: {self.num_tokens:,} tokens from {self.num_bytes / 1e6:,.1f} MB in {self.seconds:.1f}s "
-                f"({self.mb_per_s:.2f} MB/s, {self.bytes_per_token:.2f} bytes/token) -> {self.path}")
+        return (
+            f"{self.name}: {self.num_tokens:,} tokens from {self.num_bytes / 1e6:,.1f} MB in {self.seconds:.1f}s "
+            f"({self.mb_per_s:.2f} MB/s, {self.bytes_per_token:.2f} bytes/token) -> {self.path}"
+        )
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,15 @@ class PrepareReport:
     splits: tuple[SplitReport, ...]
 
 
-def prepare_corpus(train: str | Path, valid: str | Path, out_dir: str | Path, *, vocab_size: int | None = None,
-                   tokenizer: str | Path | None = None, progress: bool = False) -> PrepareReport:
+def prepare_corpus(
+    train: str | Path,
+    valid: str | Path,
+    out_dir: str | Path,
+    *,
+    vocab_size: int | None = None,
+    tokenizer: str | Path | None = None,
+    progress: bool = False,
+) -> PrepareReport:
     """Train (or load) the tokenizer and encode both splits into `out_dir`."""
     train, valid, out_dir = Path(train), Path(valid), Path(out_dir)
     for path in (train, valid):
@@ -71,13 +80,16 @@ def prepare_corpus(train: str | Path, valid: str | Path, out_dir: str | Path, *,
     else:
         tok = load_tokenizer(tokenizer)
         if vocab_size is not None and tok.get_vocab_size() != vocab_size:
-            raise DataError(f"--tokenizer '{tokenizer}': has {tok.get_vocab_size()} tokens, not --vocab-size {vocab_size}")
+            raise DataError(
+                f"--tokenizer '{tokenizer}': has {tok.get_vocab_size()} tokens, not --vocab-size {vocab_size}"
+            )
         tok.save(str(out_dir / TOKENIZER_FILE))
     tokenizer_seconds = time.perf_counter() - t0
     splits = []
     for name, src in (("train", train), ("valid", valid)):
         t0 = time.perf_counter()
         meta = encode_text_file(tok, src, out_dir / f"{name}.npy", progress=progress)
-        splits.append(SplitReport(name, out_dir / f"{name}.npy", meta["num_bytes"], meta["num_tokens"],
-                                  time.perf_counter() - t0))
+        splits.append(
+            SplitReport(name, out_dir / f"{name}.npy", meta["num_bytes"], meta["num_tokens"], time.perf_counter() - t0)
+        )
     return PrepareReport(out_dir / TOKENIZER_FILE, tok.get_vocab_size(), tokenizer_seconds, tuple(splits))

@@ -45,7 +45,9 @@ def source_paths(c: Config) -> tuple[Path, Path]:
         return Path(c.train_data_path), Path(c.val_data_path)
     if c.dataset not in BUNDLED:
         missing = "train_data_path" if not c.train_data_path else "val_data_path"
-        raise DataError(f"config key '{missing}': required (dataset '{c.dataset}' is not bundled; bundled: {', '.join(BUNDLED)})")
+        raise DataError(
+            f"config key '{missing}': required (dataset '{c.dataset}' is not bundled; bundled: {', '.join(BUNDLED)})"
+        )
     train, val = BUNDLED[c.dataset]
     return Path(c.train_data_path or train), Path(c.val_data_path or val)
 
@@ -68,7 +70,9 @@ def prepare(c: Config, *, progress: bool = False) -> DataFiles:
         tokenizer = tok_path if tok_path.is_file() else None
         if val_src.suffix == ".txt":
             if tokenizer is None:
-                raise DataError(f"config key 'val_data_path': '{val_src}' is text but no {TOKENIZER_FILE} sits beside {train_src}")
+                raise DataError(
+                    f"config key 'val_data_path': '{val_src}' is text but no {TOKENIZER_FILE} sits beside {train_src}"
+                )
             val_src = _encode_cached(tokenizer, val_src, train_src.parent, progress)
         return DataFiles(train_src, val_src, tokenizer)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -27,8 +27,11 @@ def train_tokenizer(text_files: Iterable[str | Path], vocab_size: int, out_dir: 
         raise DataError(f"config key 'vocab_size': byte-level BPE needs at least 257 tokens, got {vocab_size}")
     tok = _byte_level(Tokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     text_files = [Path(f) for f in text_files]
     if any(f.suffix == ".gz" for f in text_files):  # HF reads plain files only: stream the text to it
         from jaxlm.data.tokens import read_text_chunks

@@ -11,9 +11,9 @@ import gzip
 import json
 import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -57,8 +57,9 @@ def read_text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str
             line_no += block.count(b"\n")
 
 
-def encode_text_file(tok: Tokenizer, text_path: str | Path, out_npy: str | Path, *, progress: bool = False,
-                     batch_chunks: int = 16) -> dict:
+def encode_text_file(
+    tok: Tokenizer, text_path: str | Path, out_npy: str | Path, *, progress: bool = False, batch_chunks: int = 16
+) -> dict:
     """Encode a UTF-8 text file into `out_npy` + metadata, streaming, in batches across cores.
 
     Memory holds `batch_chunks` pieces of text at a time, never the whole corpus.
@@ -75,8 +76,13 @@ def encode_text_file(tok: Tokenizer, text_path: str | Path, out_npy: str | Path,
     out_npy.parent.mkdir(parents=True, exist_ok=True)
     raw_tmp = out_npy.with_name(out_npy.name + ".raw.tmp")
     num_tokens, max_id = 0, 0
-    bar = tqdm(total=None if compressed else text_path.stat().st_size, unit="B", unit_scale=True,
-               desc=f"encode {text_path.name}", disable=not progress)
+    bar = tqdm(
+        total=None if compressed else text_path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=f"encode {text_path.name}",
+        disable=not progress,
+    )
     with open(raw_tmp, "wb") as raw:
         pending: list[str] = []
 
@@ -105,13 +111,19 @@ def encode_text_file(tok: Tokenizer, text_path: str | Path, out_npy: str | Path,
     with open(raw_tmp, "rb") as raw:
         for start in range(0, num_tokens, block):
             piece = np.frombuffer(raw.read(block * dtype.itemsize), dtype=dtype)
-            arr[start:start + len(piece)] = piece
+            arr[start : start + len(piece)] = piece
     arr.flush()
     del arr
     os.replace(tmp_npy, out_npy)
     raw_tmp.unlink()
-    meta = {"vocab_size": vocab_size, "dtype": dtype.name, "num_tokens": num_tokens, "num_bytes": total_bytes,
-            "max_token_id": max_id, "source": str(text_path)}
+    meta = {
+        "vocab_size": vocab_size,
+        "dtype": dtype.name,
+        "num_tokens": num_tokens,
+        "num_bytes": total_bytes,
+        "max_token_id": max_id,
+        "source": str(text_path),
+    }
     meta_path(out_npy).write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -159,7 +171,9 @@ def open_tokens(path: str | Path, vocab_size: int, context_length: int) -> Token
     if tokens.ndim != 1:
         raise DataError(f"data file '{path}': expected a 1-D token array, got shape {tokens.shape}")
     if len(tokens) < context_length + 1:
-        raise DataError(f"data file '{path}': {len(tokens)} tokens is shorter than context_length + 1 = {context_length + 1}")
+        raise DataError(
+            f"data file '{path}': {len(tokens)} tokens is shorter than context_length + 1 = {context_length + 1}"
+        )
     meta = {}
     if meta_path(path).is_file():
         meta = json.loads(meta_path(path).read_text())
@@ -201,8 +215,9 @@ def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndar
     return out
 
 
-def batch_at(tokens: np.ndarray, seed: int, step: int, batch_size: int, context_length: int,
-             rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+def batch_at(
+    tokens: np.ndarray, seed: int, step: int, batch_size: int, context_length: int, rows: slice = slice(None)
+) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) int32 of shape (rows of batch_size, context_length); y is x shifted by one.
 
     The same (seed, step) gives the same global batch on every machine and after
@@ -213,7 +228,9 @@ def batch_at(tokens: np.ndarray, seed: int, step: int, batch_size: int, context_
     return window[:, :-1], window[:, 1:]
 
 
-def eval_batches(tokens: np.ndarray, num_batches: int, batch_size: int, context_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def eval_batches(
+    tokens: np.ndarray, num_batches: int, batch_size: int, context_length: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """A fixed validation set: evenly spaced windows across the whole file."""
     count = num_batches * batch_size
     starts = np.linspace(0, len(tokens) - context_length - 1, count).astype(np.int64)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def attention_implementation(dtype, choice: str = "auto") -> str:
-    """"cudnn" where self-attention in `dtype` goes to cuDNN flash attention, else "jaxlm".
+    """ "cudnn" where self-attention in `dtype` goes to cuDNN flash attention, else "jaxlm".
     `choice` is the config's `attention`: "auto" (cuDNN where it applies) or "jaxlm"."""
     if choice == "jaxlm":
         return "jaxlm"
@@ -51,14 +51,14 @@ def attention_implementation(dtype, choice: str = "auto") -> str:
     return "cudnn" if half and jax.default_backend() == "gpu" else "jaxlm"
 
 
-def self_attention(q_BxTxHxD: jax.Array, k_BxTxHxD: jax.Array, v_BxTxHxD: jax.Array,
-                   implementation: str = "auto") -> jax.Array:
+def self_attention(
+    q_BxTxHxD: jax.Array, k_BxTxHxD: jax.Array, v_BxTxHxD: jax.Array, implementation: str = "auto"
+) -> jax.Array:
     """Causal attention of a whole sequence over itself (training and evaluation); `implementation`
     is the config's `attention` key."""
     if attention_implementation(q_BxTxHxD.dtype, implementation) == "cudnn":
         try:
-            return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, is_causal=True,
-                                                implementation="cudnn")
+            return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, is_causal=True, implementation="cudnn")
         except Exception as e:  # unsupported shape, dtype or cuDNN version: same maths, XLA kernels
             log.warning("cuDNN attention unavailable (%s); using jaxlm's attention", e)
     heads_first = lambda x: x.transpose(0, 2, 1, 3)
@@ -119,8 +119,9 @@ def _block_causal_bwd(size, residuals, g_BxHxTxD):
     for start, end, mask in _blocks(q.shape[2], size):
         q_b, g_b = q[:, :, start:end], g[:, :, start:end]
         p = jnp.exp(_scores(q_b, k[:, :, :end], mask) - lse[:, :, start:end])
-        dv = dv.at[:, :, :end].add(jnp.einsum("bhts,bhtd->bhsd", p.astype(v.dtype), g_b,
-                                              preferred_element_type=jnp.float32))
+        dv = dv.at[:, :, :end].add(
+            jnp.einsum("bhts,bhtd->bhsd", p.astype(v.dtype), g_b, preferred_element_type=jnp.float32)
+        )
         dp = jnp.einsum("bhtd,bhsd->bhts", g_b, v[:, :, :end], preferred_element_type=jnp.float32)
         ds = (p * (dp - delta[:, :, start:end]) * scale).astype(q.dtype)
         dqs.append(jnp.einsum("bhts,bhsd->bhtd", ds, k[:, :, :end]))
@@ -131,8 +132,9 @@ def _block_causal_bwd(size, residuals, g_BxHxTxD):
 _block_causal.defvjp(_block_causal_fwd, _block_causal_bwd)
 
 
-def causal_attention(q_BxTxHxD: jax.Array, k_BxSxHxD: jax.Array, v_BxSxHxD: jax.Array,
-                     q_positions_T: jax.Array, k_positions_S: jax.Array) -> jax.Array:
+def causal_attention(
+    q_BxTxHxD: jax.Array, k_BxSxHxD: jax.Array, v_BxSxHxD: jax.Array, q_positions_T: jax.Array, k_positions_S: jax.Array
+) -> jax.Array:
     """Softmax attention where query i sees the keys whose position is <= its own (any T and S)."""
     scale = 1.0 / math.sqrt(q_BxTxHxD.shape[-1])
     s = jnp.einsum("bthd,bshd->bhts", q_BxTxHxD, k_BxSxHxD, preferred_element_type=jnp.float32) * scale

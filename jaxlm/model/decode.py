@@ -55,8 +55,14 @@ def init_cache(model: Transformer, batch_size: int, max_len: int) -> KVCache:
     return KVCache(layers, layers)
 
 
-def _attend(attn: Attention, x_BxTxD: jax.Array, positions_T: jax.Array, k_BxSxHxD: jax.Array,
-            v_BxSxHxD: jax.Array, start: jax.Array):
+def _attend(
+    attn: Attention,
+    x_BxTxD: jax.Array,
+    positions_T: jax.Array,
+    k_BxSxHxD: jax.Array,
+    v_BxSxHxD: jax.Array,
+    start: jax.Array,
+):
     """Attention for new positions: write their k/v into the cache, attend over the cache."""
     q, k, v = attn.project_qkv(x_BxTxD, positions_T)
     k_BxSxHxD = jax.lax.dynamic_update_slice(k_BxSxHxD, k.astype(k_BxSxHxD.dtype), (0, start, 0, 0))
@@ -131,9 +137,20 @@ class Decoder:
         self.step = jax.jit(step, donate_argnums=1)
 
 
-def generate_batch(graphdef, params, prompt_ids: list[int], *, context_length: int, max_new_tokens: int,
-                   num_samples: int = 1, temperature: float = 0.8, top_p: float = 0.9, seed: int = 0,
-                   stop_id: int | None = None, decode_step: Decoder | None = None) -> list[list[int]]:
+def generate_batch(
+    graphdef,
+    params,
+    prompt_ids: list[int],
+    *,
+    context_length: int,
+    max_new_tokens: int,
+    num_samples: int = 1,
+    temperature: float = 0.8,
+    top_p: float = 0.9,
+    seed: int = 0,
+    stop_id: int | None = None,
+    decode_step: Decoder | None = None,
+) -> list[list[int]]:
     """`num_samples` continuations of `prompt_ids`, each up to `max_new_tokens` and ending
     at (and including) `stop_id` when it is drawn. An empty prompt starts from `stop_id`."""
     decoder = decode_step or Decoder(graphdef, temperature, top_p)
@@ -142,7 +159,7 @@ def generate_batch(graphdef, params, prompt_ids: list[int], *, context_length: i
     done = [False] * num_samples
     key = jax.random.key(seed)
     token_B, cache, position = None, None, 0
-    for i in range(max_new_tokens):
+    for _ in range(max_new_tokens):
         key, sub = jax.random.split(key)
         if token_B is None or position == context_length:
             keep = len(seqs[0]) if token_B is None else context_length // 2
@@ -165,10 +182,29 @@ def generate_batch(graphdef, params, prompt_ids: list[int], *, context_length: i
     return new
 
 
-def generate_ids(graphdef, params, prompt_ids: list[int], *, context_length: int, max_new_tokens: int,
-                 temperature: float = 0.8, top_p: float = 0.9, seed: int = 0, stop_id: int | None = None,
-                 decode_step: Decoder | None = None) -> list[int]:
+def generate_ids(
+    graphdef,
+    params,
+    prompt_ids: list[int],
+    *,
+    context_length: int,
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_p: float = 0.9,
+    seed: int = 0,
+    stop_id: int | None = None,
+    decode_step: Decoder | None = None,
+) -> list[int]:
     """One continuation of `prompt_ids` (see `generate_batch`)."""
-    return generate_batch(graphdef, params, prompt_ids, context_length=context_length,
-                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          stop_id=stop_id, decode_step=decode_step)[0]
+    return generate_batch(
+        graphdef,
+        params,
+        prompt_ids,
+        context_length=context_length,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop_id=stop_id,
+        decode_step=decode_step,
+    )[0]

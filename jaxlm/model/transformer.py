@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.model.attention import self_attention
 from jaxlm.config import Config
+from jaxlm.model.attention import self_attention
 
 RMS_EPS = 1e-5
 
@@ -198,4 +198,3 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
 
 def build_model(c: Config, seed: int | None = None) -> Transformer:
     return Transformer(c, rngs=nnx.Rngs(c.seed if seed is None else seed))
-

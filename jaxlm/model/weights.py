@@ -1,6 +1,7 @@
 """PyTorch interop: jaxlm params <-> safetensors with the CS336 assignment-1 names and shapes.
 
-`export_safetensors` (the `python -m jaxlm.export` command) writes `model.safetensors` (float32 tensors named `token_embeddings.weight`,
+`export_safetensors` (the `python -m jaxlm.export` command) writes `model.safetensors`
+(float32 tensors named `token_embeddings.weight`,
 `layers.{i}.attn.q_proj.weight`, ..., `lm_head.weight`; linear weights as
 (out_features, in_features), the PyTorch `nn.Linear` layout) and `model.json`
 (the model's config keys). `import_safetensors` reads such a file (ours, or one
@@ -25,8 +26,20 @@ from jaxlm.errors import DataError, UserError
 
 EMBEDDING = "token_embeddings.weight"
 LM_HEAD = "lm_head.weight"
-MODEL_KEYS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta",
-              "norm", "norm_position", "position_embedding", "ffn", "tie_embeddings")
+MODEL_KEYS = (
+    "vocab_size",
+    "context_length",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "d_ff",
+    "rope_theta",
+    "norm",
+    "norm_position",
+    "position_embedding",
+    "ffn",
+    "tie_embeddings",
+)
 
 
 def torch_name(path: tuple) -> str:

@@ -9,5 +9,15 @@ from jaxlm.tracking.runs import NotARunError, RunRecord, load_run
 from jaxlm.tracking.seed_api import ExperimentConfig, ExperimentLogger, compare_experiments
 from jaxlm.tracking.tracker import METRIC_COLUMNS, STATUSES, ExperimentTracker
 
-__all__ = ["METRIC_COLUMNS", "STATUSES", "ExperimentConfig", "ExperimentLogger", "ExperimentTracker",
-           "NotARunError", "RunRecord", "compare_experiments", "compare_runs", "load_run"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "STATUSES",
+    "ExperimentConfig",
+    "ExperimentLogger",
+    "ExperimentTracker",
+    "NotARunError",
+    "RunRecord",
+    "compare_experiments",
+    "compare_runs",
+    "load_run",
+]

@@ -7,16 +7,25 @@ running, diverged and crashed runs compare as well as finished ones.
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from jaxlm.tracking.fmt import markdown_table, number
 from jaxlm.tracking.plots import plot_comparison
 from jaxlm.tracking.runs import NotARunError, RunRecord, load_run
 
 METRICS = ("val_loss", "train_loss", "val_bpb")
-TABLE_COLUMNS = ("name", "description", "status", "best val loss (step)", "final val loss", "steps", "tokens",
-                 "wall-clock (s)", "tokens/s")
+TABLE_COLUMNS = (
+    "name",
+    "description",
+    "status",
+    "best val loss (step)",
+    "final val loss",
+    "steps",
+    "tokens",
+    "wall-clock (s)",
+    "tokens/s",
+)
 
 
 def expand_run_paths(patterns: Sequence[str | Path]) -> list[Path]:
@@ -44,17 +53,29 @@ def table_row(run: RunRecord, name: str) -> list[str]:
     steps = s.get("steps", run.last("step"))
     tokens = s.get("tokens", run.last("tokens"))
     wall = s.get("wallclock_s", run.last("wallclock_s"))
-    return [name, run.description.replace("|", "\\|"), run.status,
-            f"{best[1]:.4f} ({best[0]})" if best else "n/a", number(run.final("val_loss"), ".4f"),
-            number(steps, ",.0f"), number(tokens, ",.0f"), number(wall, ".1f"), number(run.mean_tokens_per_sec(), ",.0f")]
+    return [
+        name,
+        run.description.replace("|", "\\|"),
+        run.status,
+        f"{best[1]:.4f} ({best[0]})" if best else "n/a",
+        number(run.final("val_loss"), ".4f"),
+        number(steps, ",.0f"),
+        number(tokens, ",.0f"),
+        number(wall, ".1f"),
+        number(run.mean_tokens_per_sec(), ",.0f"),
+    ]
 
 
 def runs_table(runs: Sequence[RunRecord], names: Sequence[str]) -> str:
     return markdown_table(TABLE_COLUMNS, [table_row(run, name) for run, name in zip(runs, names)])
 
 
-def compare_runs(run_dirs: Sequence[str | Path], output_path: str | Path, names: Sequence[str] | None = None,
-                 metric: str = "val_loss") -> str:
+def compare_runs(
+    run_dirs: Sequence[str | Path],
+    output_path: str | Path,
+    names: Sequence[str] | None = None,
+    metric: str = "val_loss",
+) -> str:
     """Write `output_path` (PNG) and `<its stem>.md` beside it; return the markdown table.
 
     Raises NotARunError naming the first directory that is not a run, ValueError on bad names/metric."""

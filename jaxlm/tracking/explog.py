@@ -12,8 +12,9 @@ import datetime as dt
 import fcntl
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from jaxlm.tracking.fmt import number
 
@@ -41,16 +42,26 @@ def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_f
     return lines
 
 
-def format_entry(summary: Mapping[str, Any], config: Mapping[str, Any], run_dir: Path, log_path: Path,
-                 config_file: str | None = None, overrides: Sequence[str] = ()) -> str:
+def format_entry(
+    summary: Mapping[str, Any],
+    config: Mapping[str, Any],
+    run_dir: Path,
+    log_path: Path,
+    config_file: str | None = None,
+    overrides: Sequence[str] = (),
+) -> str:
     """The markdown of one entry; links are relative to the log file's folder."""
     s = summary
     rel = Path(os.path.relpath(Path(run_dir).resolve(), Path(log_path).resolve().parent)).as_posix()
     date = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
     description = s.get("description") or config.get("description") or "(none given)"
-    lines = [f"## {date} · {s.get('name')} · {s.get('status')}", "",
-             f"**Hypothesis / description:** {description}", "",
-             f"- Run directory: [{rel}]({rel})"]
+    lines = [
+        f"## {date} · {s.get('name')} · {s.get('status')}",
+        "",
+        f"**Hypothesis / description:** {description}",
+        "",
+        f"- Run directory: [{rel}]({rel})",
+    ]
     if config_file:
         lines.append(f"- Launched from: `{config_file}`")
     changed = override_lines(overrides, config, config_file)
@@ -67,7 +78,8 @@ def format_entry(summary: Mapping[str, Any], config: Mapping[str, Any], run_dir:
         f"{number(s.get('final_val_loss'))}, {number(s.get('final_val_bpb'))} bits/byte, perplexity "
         f"{number(s.get('final_val_perplexity'), '.2f')}; final train loss {number(s.get('final_train_loss'))}",
         f"- Scale: {number(s.get('steps'), ',')} steps, {tokens} tokens, {number(s.get('wallclock_s'), '.1f')} s "
-        f"wall-clock (+{number(s.get('compile_s'), '.1f')} s compile), {number(s.get('mean_tokens_per_sec'), ',.0f')} tokens/s",
+        f"wall-clock (+{number(s.get('compile_s'), '.1f')} s compile), "
+        f"{number(s.get('mean_tokens_per_sec'), ',.0f')} tokens/s",
         f"- Plots: [loss curves]({rel}/loss_curves.png) · [LR schedule]({rel}/lr_schedule.png)",
         "",
         "### Observations",

@@ -8,8 +8,9 @@ matplotlib is imported on first use: importing jaxlm.tracking stays cheap.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from jaxlm.tracking.fmt import as_float
 

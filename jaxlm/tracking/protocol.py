@@ -7,8 +7,9 @@ processes other than 0 of a multi-process run, which must not write it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 
 class RunTracker(Protocol):

@@ -16,8 +16,9 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from jaxlm.tracking.compare import compare_runs
 from jaxlm.tracking.tracker import ExperimentTracker
@@ -36,7 +37,7 @@ class ExperimentConfig:
     d_model: int = 512
     num_layers: int = 4
     num_heads: int = 16
-    d_ff: Optional[int] = 1344
+    d_ff: int | None = 1344
     rope_theta: float = 10000.0
     batch_size: int = 32
     max_iterations: int = 5000
@@ -47,9 +48,9 @@ class ExperimentConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    train_data_path: Optional[str] = None
-    val_data_path: Optional[str] = None
-    device: Optional[str] = None
+    train_data_path: str | None = None
+    val_data_path: str | None = None
+    device: str | None = None
     dtype: str = "float32"
     seed: int = 0
     log_interval: int = 10
@@ -67,8 +68,14 @@ class ExperimentConfig:
 class ExperimentLogger:
     """Tracker + plots + a Python `logging` logger per experiment that also writes `<run dir>/train.log`."""
 
-    def __init__(self, experiment_name: str, config: Any, output_dir: str | Path = "runs",
-                 python_logger: logging.Logger | None = None, **tracker_kwargs: Any):
+    def __init__(
+        self,
+        experiment_name: str,
+        config: Any,
+        output_dir: str | Path = "runs",
+        python_logger: logging.Logger | None = None,
+        **tracker_kwargs: Any,
+    ):
         self.experiment_name = experiment_name
         self.tracker = ExperimentTracker(experiment_name, config, output_dir, **tracker_kwargs)
         self.output_dir = self.tracker.run_dir
@@ -81,14 +88,17 @@ class ExperimentLogger:
         self.best_val_step: int | None = None
         self.logger.info("experiment %s started in %s", experiment_name, self.output_dir)
 
-    def log_training_step(self, step: int, train_loss: float, learning_rate: float,
-                          tokens_per_sec: float | None = None, **extra: Any) -> None:
-        self.tracker.log_step(step, train_loss=train_loss, learning_rate=learning_rate,
-                              tokens_per_sec=tokens_per_sec, **extra)
+    def log_training_step(
+        self, step: int, train_loss: float, learning_rate: float, tokens_per_sec: float | None = None, **extra: Any
+    ) -> None:
+        self.tracker.log_step(
+            step, train_loss=train_loss, learning_rate=learning_rate, tokens_per_sec=tokens_per_sec, **extra
+        )
         self.logger.info("step %d: train loss %.4f, lr %.3g", step, train_loss, learning_rate)
 
-    def log_validation_step(self, step: int, val_loss: float, val_perplexity: float | None = None,
-                            **extra: Any) -> None:
+    def log_validation_step(
+        self, step: int, val_loss: float, val_perplexity: float | None = None, **extra: Any
+    ) -> None:
         self.tracker.log_step(step, val_loss=val_loss, val_perplexity=val_perplexity, **extra)
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_val_step = val_loss, step
@@ -106,14 +116,23 @@ class ExperimentLogger:
         """Write summary, metrics.json and the plots; close train.log."""
         summary = self.tracker.finalize(status, **fields)
         if self.best_val_step is not None:
-            self.logger.info("experiment %s %s: best validation loss %.4f at step %d", self.experiment_name,
-                             status, self.best_val_loss, self.best_val_step)
+            self.logger.info(
+                "experiment %s %s: best validation loss %.4f at step %d",
+                self.experiment_name,
+                status,
+                self.best_val_loss,
+                self.best_val_step,
+            )
         self.logger.removeHandler(self._log_file)
         self._log_file.close()
         return summary
 
 
-def compare_experiments(experiment_dirs: Sequence[str | Path], output_path: str | Path,
-                        experiment_names: Sequence[str] | None = None, metric: str = "val_loss") -> str:
+def compare_experiments(
+    experiment_dirs: Sequence[str | Path],
+    output_path: str | Path,
+    experiment_names: Sequence[str] | None = None,
+    metric: str = "val_loss",
+) -> str:
     """Plot the runs together into `output_path`, write the markdown table beside it, return the table."""
     return compare_runs(experiment_dirs, output_path, experiment_names, metric)

@@ -6,17 +6,26 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from jaxlm.tracking.explog import append_entry
 from jaxlm.tracking.fmt import markdown_table, number
 from jaxlm.tracking.plots import plot_comparison
 from jaxlm.tracking.runs import RunRecord, is_run_dir, load_run
 
-COLUMNS = ("", "point", "status", "best val loss (step)", "final val loss", "final val bpb", "steps",
-           "wall-clock (s)", "tokens/s")
+COLUMNS = (
+    "",
+    "point",
+    "status",
+    "best val loss (step)",
+    "final val loss",
+    "final val bpb",
+    "steps",
+    "wall-clock (s)",
+    "tokens/s",
+)
 
 
 @dataclass(frozen=True)
@@ -42,12 +51,17 @@ def _status_cell(run: RunRecord | None) -> str:
 
 def _best_point(runs: dict[str, RunRecord | None]) -> str | None:
     """The completed point with the lowest validation loss (diverged, failed and unfinished ones don't count)."""
-    scored = [(run.best("val_loss")[1], name) for name, run in runs.items()
-              if run is not None and run.status == "completed" and run.best("val_loss")]
+    scored = [
+        (run.best("val_loss")[1], name)
+        for name, run in runs.items()
+        if run is not None and run.status == "completed" and run.best("val_loss")
+    ]
     return min(scored)[1] if scored else None
 
 
-def sweep_table(points: Sequence, runs: dict[str, RunRecord | None], best: str | None, link_base: Path | None = None) -> str:
+def sweep_table(
+    points: Sequence, runs: dict[str, RunRecord | None], best: str | None, link_base: Path | None = None
+) -> str:
     """Markdown table, one row per point; `link_base` makes the point names links relative to it."""
     rows = []
     for point in points:
@@ -60,11 +74,16 @@ def sweep_table(points: Sequence, runs: dict[str, RunRecord | None], best: str |
         else:
             best_val = run.best("val_loss")
             s = run.summary if run.status not in ("running", None) else {}
-            cells = [label, _status_cell(run), f"{best_val[1]:.4f} ({best_val[0]})" if best_val else "n/a",
-                     number(run.final("val_loss"), ".4f", finite_only=True), number(run.final("val_bpb"), ".3f", finite_only=True),
-                     number(s.get("steps", run.last("step")), ",.0f", finite_only=True),
-                     number(s.get("wallclock_s", run.last("wallclock_s")), ".1f", finite_only=True),
-                     number(run.mean_tokens_per_sec(), ",.0f", finite_only=True)]
+            cells = [
+                label,
+                _status_cell(run),
+                f"{best_val[1]:.4f} ({best_val[0]})" if best_val else "n/a",
+                number(run.final("val_loss"), ".4f", finite_only=True),
+                number(run.final("val_bpb"), ".3f", finite_only=True),
+                number(s.get("steps", run.last("step")), ",.0f", finite_only=True),
+                number(s.get("wallclock_s", run.last("wallclock_s")), ".1f", finite_only=True),
+                number(run.mean_tokens_per_sec(), ",.0f", finite_only=True),
+            ]
         mark = "**best**" if point.name == best else ""
         if mark:
             cells[0] = f"**{cells[0]}**"
@@ -72,8 +91,9 @@ def sweep_table(points: Sequence, runs: dict[str, RunRecord | None], best: str |
     return markdown_table(COLUMNS, rows)
 
 
-def write_report(points: Sequence, output_dir: Path, prefix: str, *, command: str, base_config: str,
-                 experiment_log: Path | None) -> SweepReport:
+def write_report(
+    points: Sequence, output_dir: Path, prefix: str, *, command: str, base_config: str, experiment_log: Path | None
+) -> SweepReport:
     """Write `<output_dir>/<prefix>_sweep.png` and `.md`; append the log entry unless `experiment_log` is None."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -81,8 +101,11 @@ def write_report(points: Sequence, output_dir: Path, prefix: str, *, command: st
     statuses = {name: (run.status if run is not None else "not started") for name, run in runs.items()}
     best = _best_point(runs)
     png = output_dir / f"{prefix}_sweep.png"
-    curves = [(p.label + (" (diverged)" if statuses[p.name] == "diverged" else ""), runs[p.name].rows)
-              for p in points if runs[p.name] is not None]
+    curves = [
+        (p.label + (" (diverged)" if statuses[p.name] == "diverged" else ""), runs[p.name].rows)
+        for p in points
+        if runs[p.name] is not None
+    ]
     plot_comparison(curves, "train_loss", png)  # logged every few steps: diverged points show their blow-up
     table = sweep_table(points, runs, best, link_base=output_dir)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(_count(statuses.values()).items()))
@@ -91,11 +114,17 @@ def write_report(points: Sequence, output_dir: Path, prefix: str, *, command: st
         step, loss = runs[best].best("val_loss")
         best_line = f"`{best}` (val loss {loss:.4f} at step {step})"
     markdown = output_dir / f"{prefix}_sweep.md"
-    markdown.write_text(f"# Sweep `{prefix}`: {len(points)} points ({counts})\n\n"
-                        f"`{command}`\n\nBest: {best_line}\n\n![training loss]({png.name})\n\n{table}")
+    markdown.write_text(
+        f"# Sweep `{prefix}`: {len(points)} points ({counts})\n\n"
+        f"`{command}`\n\nBest: {best_line}\n\n![training loss]({png.name})\n\n{table}"
+    )
     if experiment_log is not None:
-        append_entry(experiment_log, _log_entry(points, runs, best, best_line, counts, command, base_config,
-                                                png, markdown, Path(experiment_log)))
+        append_entry(
+            experiment_log,
+            _log_entry(
+                points, runs, best, best_line, counts, command, base_config, png, markdown, Path(experiment_log)
+            ),
+        )
     return SweepReport(png, markdown, sweep_table(points, runs, best), statuses, best)
 
 
@@ -118,11 +147,19 @@ def _log_entry(points, runs, best, best_line, counts, command, base_config, png,
             if value not in grid[key]:
                 grid[key].append(value)
     grid_text = "; ".join(f"`{k}` = {', '.join(v)}" for k, v in grid.items())
-    return "\n".join([
-        f"## {date} · sweep {Path(markdown).stem.removesuffix('_sweep')} · {len(points)} points ({counts})", "",
-        f"**Hypothesis / description:** sweep of {grid_text} on `{base_config}`", "",
-        f"- Command: `{command}`",
-        f"- Best point: {best_line}",
-        f"- Plot: [{png.name}]({rel(png)}) · Table: [{markdown.name}]({rel(markdown)})", "",
-        sweep_table(points, runs, best, link_base=here),
-        "### Observations", "", ""])
+    return "\n".join(
+        [
+            f"## {date} · sweep {Path(markdown).stem.removesuffix('_sweep')} · {len(points)} points ({counts})",
+            "",
+            f"**Hypothesis / description:** sweep of {grid_text} on `{base_config}`",
+            "",
+            f"- Command: `{command}`",
+            f"- Best point: {best_line}",
+            f"- Plot: [{png.name}]({rel(png)}) · Table: [{markdown.name}]({rel(markdown)})",
+            "",
+            sweep_table(points, runs, best, link_base=here),
+            "### Observations",
+            "",
+            "",
+        ]
+    )

@@ -7,8 +7,9 @@ text and, in the HParams tab, its config beside its final metrics.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from jaxlm.tracking.fmt import as_float
 
@@ -49,8 +50,9 @@ class TensorBoardLog:
         second, so a resume within the same second would otherwise overwrite the previous file."""
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step, flush_secs=30,
-                                    filename_suffix=f".{segment}")
+        self.writer = SummaryWriter(
+            logdir=str(run_dir), purge_step=purge_step, flush_secs=30, filename_suffix=f".{segment}"
+        )
 
     def log_row(self, row: Mapping[str, Any]) -> None:
         step = int(row["step"])

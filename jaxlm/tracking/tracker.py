@@ -21,9 +21,9 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
+from typing import Any
 
 from jaxlm.tracking import explog, plots
 from jaxlm.tracking.fmt import as_float, json_safe, write_json
@@ -31,15 +31,28 @@ from jaxlm.tracking.runs import read_rows
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("step", "tokens", "wallclock_s", "train_loss", "val_loss", "val_perplexity", "val_bpb",
-                  "learning_rate", "grad_norm", "tokens_per_sec", "mfu")
+METRIC_COLUMNS = (
+    "step",
+    "tokens",
+    "wallclock_s",
+    "train_loss",
+    "val_loss",
+    "val_perplexity",
+    "val_bpb",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_sec",
+    "mfu",
+)
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 # keys the tracker writes into config.json beside the run's config (jaxlm.config.RUN_METADATA_KEYS
 # lists the same keys, so a run's config.json can be read back as a config; a test keeps them equal)
 META_KEYS = ("name", "jaxlm_version", "git_commit", "git_dirty", "start_time", "config_file", "overrides")
 
 
-def mfu(tokens_per_sec: float, flops_per_token: float, device_count: int, peak_per_device: float | None) -> float | None:
+def mfu(
+    tokens_per_sec: float, flops_per_token: float, device_count: int, peak_per_device: float | None
+) -> float | None:
     """Model-FLOPs utilisation in [0, 1]: achieved model FLOP/s over the devices' peak (jaxlm.train.hardware
     has the peak table); None when the peak is unknown."""
     if peak_per_device is None or not tokens_per_sec > 0:
@@ -73,8 +86,12 @@ def run_metadata() -> dict[str, Any]:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"jaxlm_version": jaxlm_version, "git_commit": commit, "git_dirty": dirty,
-            "start_time": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+    return {
+        "jaxlm_version": jaxlm_version,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "start_time": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 def _safely(what: str, fn: Callable[[], Any]) -> None:
@@ -88,11 +105,21 @@ def _safely(what: str, fn: Callable[[], Any]) -> None:
 class ExperimentTracker:
     """Writes `<output_dir>/<name>/`. Use `ExperimentTracker.resume(run_dir, step)` to continue a run."""
 
-    def __init__(self, name: str | None = None, config: Any = None, output_dir: str | Path = "runs", *,
-                 experiment_name: str | None = None, tensorboard: bool = True, make_plots: bool = True,
-                 experiment_log: str | Path | None = None, config_file: str | None = None,
-                 overrides: Sequence[str] = (), resume_from_step: int | None = None,
-                 resume_wallclock_s: float | None = None):
+    def __init__(
+        self,
+        name: str | None = None,
+        config: Any = None,
+        output_dir: str | Path = "runs",
+        *,
+        experiment_name: str | None = None,
+        tensorboard: bool = True,
+        make_plots: bool = True,
+        experiment_log: str | Path | None = None,
+        config_file: str | None = None,
+        overrides: Sequence[str] = (),
+        resume_from_step: int | None = None,
+        resume_wallclock_s: float | None = None,
+    ):
         self.name = name or experiment_name
         if not self.name:
             raise ValueError("ExperimentTracker needs a name")
@@ -126,16 +153,18 @@ class ExperimentTracker:
         self.write_summary()
 
     @classmethod
-    def resume(cls, run_dir: str | Path, from_step: int, config: Any = None, wallclock_s: float | None = None,
-               **kwargs: Any) -> "ExperimentTracker":
+    def resume(
+        cls, run_dir: str | Path, from_step: int, config: Any = None, wallclock_s: float | None = None, **kwargs: Any
+    ) -> ExperimentTracker:
         """Reopen `run_dir` for a run restored at `from_step`: rows after it are dropped, logging appends,
         TensorBoard hides its stale events, wall-clock continues from `wallclock_s` (default: the last
         kept row's); the caller's clock then counts from zero in this process."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
             raise FileNotFoundError(f"'{run_dir}' has no config.json: not a run directory to resume")
-        return cls(run_dir.name, config, run_dir.parent, resume_from_step=from_step,
-                   resume_wallclock_s=wallclock_s, **kwargs)
+        return cls(
+            run_dir.name, config, run_dir.parent, resume_from_step=from_step, resume_wallclock_s=wallclock_s, **kwargs
+        )
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -146,8 +175,12 @@ class ExperimentTracker:
         meta = {"name": self.name, **run_metadata(), "config_file": self.config_file, "overrides": self.overrides}
         write_json(self.run_dir / "config.json", {**self.config, **meta})
         self._open_metric_files("w")
-        self.summary: dict[str, Any] = {"name": self.name, "description": self.config.get("description", ""),
-                                        "status": "running", "start_time": meta["start_time"]}
+        self.summary: dict[str, Any] = {
+            "name": self.name,
+            "description": self.config.get("description", ""),
+            "status": "running",
+            "start_time": meta["start_time"],
+        }
 
     def _reopen(self, config: Any, from_step: int) -> None:
         stored = json.loads((self.run_dir / "config.json").read_text())
@@ -166,8 +199,9 @@ class ExperimentTracker:
         self._trim_samples(from_step)
         summary_path = self.run_dir / "summary.json"
         self.summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"name": self.name}
-        self.summary.update(status="running", resumed_from_step=from_step,
-                            resumes=int(self.summary.get("resumes") or 0) + 1)
+        self.summary.update(
+            status="running", resumed_from_step=from_step, resumes=int(self.summary.get("resumes") or 0) + 1
+        )
         for stale in ("error", "end_time"):
             self.summary.pop(stale, None)
         self.write_metrics_json()
@@ -197,14 +231,27 @@ class ExperimentTracker:
 
     # --- logging ---------------------------------------------------------------------------------
 
-    def log_step(self, step: int, train_loss: float | None = None, val_loss: float | None = None,
-                 learning_rate: float | None = None, tokens_per_sec: float | None = None, **extra: Any) -> dict:
+    def log_step(
+        self,
+        step: int,
+        train_loss: float | None = None,
+        val_loss: float | None = None,
+        learning_rate: float | None = None,
+        tokens_per_sec: float | None = None,
+        **extra: Any,
+    ) -> dict:
         """Append one row (missing columns stay empty) and flush it; an eval row refreshes plots and metrics.json.
 
         `wallclock_s` counts from the start of training (the caller's clock when given, plus the time
         trained before a resume); `tokens`, `val_perplexity` and `mfu` are filled in when they can be."""
-        row: dict[str, Any] = {"step": int(step), "train_loss": train_loss, "val_loss": val_loss,
-                               "learning_rate": learning_rate, "tokens_per_sec": tokens_per_sec, **extra}
+        row: dict[str, Any] = {
+            "step": int(step),
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "learning_rate": learning_rate,
+            "tokens_per_sec": tokens_per_sec,
+            **extra,
+        }
         if val_loss is not None and row.get("val_perplexity") is None:
             row["val_perplexity"] = math.exp(min(float(val_loss), 700.0))
         wall = row.get("wallclock_s")
@@ -215,8 +262,9 @@ class ExperimentTracker:
         if row.get("mfu") is None:
             s = self.summary
             if s.get("peak_flops_per_device") and s.get("flops_per_token") and tokens_per_sec:
-                row["mfu"] = mfu(tokens_per_sec, s["flops_per_token"], s.get("device_count") or 1,
-                                 s["peak_flops_per_device"])
+                row["mfu"] = mfu(
+                    tokens_per_sec, s["flops_per_token"], s.get("device_count") or 1, s["peak_flops_per_device"]
+                )
         ordered = {k: row.get(k) for k in METRIC_COLUMNS}
         ordered.update({k: v for k, v in row.items() if k not in ordered})
         row = {k: json_safe(v) for k, v in ordered.items()}
@@ -268,8 +316,12 @@ class ExperimentTracker:
         description = self.summary.get("description") or self.config.get("description") or ""
         title = f"{self.name}: {description}" if description else self.name
         _safely("loss_curves.png", lambda: plots.plot_loss_curves(self.rows, self.run_dir / "loss_curves.png", title))
-        _safely("lr_schedule.png", lambda: plots.plot_lr_schedule(
-            self.planned_lr, self.rows, self.run_dir / "lr_schedule.png", f"{self.name}: learning rate"))
+        _safely(
+            "lr_schedule.png",
+            lambda: plots.plot_lr_schedule(
+                self.planned_lr, self.rows, self.run_dir / "lr_schedule.png", f"{self.name}: learning rate"
+            ),
+        )
 
     def plan_learning_rate(self, values: Sequence[float]) -> None:
         """The learning rate the training loop will use at steps 0, 1, ..., len(values) - 1, drawn as
@@ -293,15 +345,23 @@ class ExperimentTracker:
         train = [r["train_loss"] for r in self.rows if r.get("train_loss") is not None]
         speeds = [r["tokens_per_sec"] for r in self.rows if isinstance(r.get("tokens_per_sec"), (int, float))]
         mfus = [r["mfu"] for r in self.rows if isinstance(r.get("mfu"), (int, float))]
-        out = {"steps": last["step"], "tokens": last.get("tokens"), "wallclock_s": last.get("wallclock_s"),
-               "final_train_loss": train[-1] if train else None,
-               "best_val_loss": best["val_loss"] if best else None, "best_val_step": best["step"] if best else None,
-               "mean_tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
-               "mfu": sum(mfus) / len(mfus) if mfus else None}
+        out = {
+            "steps": last["step"],
+            "tokens": last.get("tokens"),
+            "wallclock_s": last.get("wallclock_s"),
+            "final_train_loss": train[-1] if train else None,
+            "best_val_loss": best["val_loss"] if best else None,
+            "best_val_step": best["step"] if best else None,
+            "mean_tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
+            "mfu": sum(mfus) / len(mfus) if mfus else None,
+        }
         if val_rows:
             v = val_rows[-1]
-            out.update(final_val_loss=v["val_loss"], final_val_perplexity=v.get("val_perplexity"),
-                       final_val_bpb=v.get("val_bpb"))
+            out.update(
+                final_val_loss=v["val_loss"],
+                final_val_perplexity=v.get("val_perplexity"),
+                final_val_bpb=v.get("val_bpb"),
+            )
         return out
 
     def finalize(self, status: str = "completed", **fields: Any) -> dict[str, Any]:
@@ -322,8 +382,9 @@ class ExperimentTracker:
                 merged[key] = derived[key]
         if isinstance(merged.get("best_val_loss"), float) and not math.isfinite(merged["best_val_loss"]):
             merged["best_val_loss"] = merged["best_val_step"] = None  # no eval ever ran
-        self.write_summary(status=status, end_time=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                           **merged)
+        self.write_summary(
+            status=status, end_time=dt.datetime.now().astimezone().isoformat(timespec="seconds"), **merged
+        )
         self._csv_file.close()
         self._jsonl.close()
         self.refresh()
@@ -337,11 +398,12 @@ class ExperimentTracker:
         return self.summary
 
     def append_experiment_log(self) -> None:
-        entry = explog.format_entry(self.summary, self.config, self.run_dir, self.experiment_log,
-                                    self.config_file, self.overrides)
+        entry = explog.format_entry(
+            self.summary, self.config, self.run_dir, self.experiment_log, self.config_file, self.overrides
+        )
         explog.append_entry(self.experiment_log, entry)
 
-    def __enter__(self) -> "ExperimentTracker":
+    def __enter__(self) -> ExperimentTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -66,15 +66,21 @@ def _quiet_orbax() -> None:
 def open_manager(run_dir: str | Path, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
     """The run's CheckpointManager: async saves, latest `keep` + best-by-val_loss preserved."""
     _quiet_orbax()
-    retention = policies.AnyPreservationPolicy([
-        policies.LatestN(n=keep),
-        policies.BestN(get_metric_fn=_val_loss, reverse=True, n=1, keep_checkpoints_without_metrics=False),
-    ])
+    retention = policies.AnyPreservationPolicy(
+        [
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=_val_loss, reverse=True, n=1, keep_checkpoints_without_metrics=False),
+        ]
+    )
     options = ocp.CheckpointManagerOptions(
-        best_fn=_val_loss, best_mode="min",  # makes Orbax store the metrics; retention is the policy above
+        best_fn=_val_loss,
+        best_mode="min",  # makes Orbax store the metrics; retention is the policy above
         preservation_policy=None if read_only else retention,
-        enable_async_checkpointing=True, cleanup_tmp_directories=not read_only,
-        read_only=read_only, create=not read_only)
+        enable_async_checkpointing=True,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+        create=not read_only,
+    )
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options)
 
 
@@ -126,24 +132,32 @@ class RunCheckpoints:
         if step in self.mngr.all_steps():
             return False
         metrics = {"val_loss": float(val_loss)} if val_loss is not None and math.isfinite(val_loss) else None
-        args = ocp.args.Composite(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-                                  meta=ocp.args.JsonSave({"step": step, **meta}))
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave({"step": step, **meta}),
+        )
         return self.mngr.save(step, args=args, metrics=metrics, force=True)
 
     def restore(self, which: str | int, params_like, opt_state_like) -> tuple[Any, Any, dict[str, Any]]:
         """(params, opt_state, meta) of a saved step, laid out like the given live trees."""
         step = choose_step(self.mngr, which, self.run_dir)
-        args = ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(params_like)),
-                                  opt_state=ocp.args.StandardRestore(_abstract(opt_state_like)),
-                                  meta=ocp.args.JsonRestore())
+        args = ocp.args.Composite(
+            params=ocp.args.StandardRestore(_abstract(params_like)),
+            opt_state=ocp.args.StandardRestore(_abstract(opt_state_like)),
+            meta=ocp.args.JsonRestore(),
+        )
         try:
             restored = self.mngr.restore(step, args=args)
         except Exception as e:  # Orbax/tensorstore raise many types for damaged files
             older = [s for s in self.steps if s < step]
-            hint = f"; pick an older one with --resume-step (saved: {older})" if older else "; no older checkpoint exists"
+            hint = (
+                f"; pick an older one with --resume-step (saved: {older})" if older else "; no older checkpoint exists"
+            )
             detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            raise CheckpointError(f"checkpoint at step {step} in '{self.run_dir / CHECKPOINTS}' is corrupt or "
-                                  f"unreadable ({detail}){hint}") from None
+            raise CheckpointError(
+                f"checkpoint at step {step} in '{self.run_dir / CHECKPOINTS}' is corrupt or unreadable ({detail}){hint}"
+            ) from None
         return restored.params, restored.opt_state, dict(restored.meta)
 
     def drop_after(self, step: int) -> None:
@@ -175,8 +189,10 @@ def load(run_dir: str | Path, which: str | int = "best") -> tuple[nnx.Module, Co
         try:
             params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
         except Exception as e:
-            raise CheckpointError(f"checkpoint at step {step} in '{Path(run_dir) / CHECKPOINTS}' is corrupt or "
-                                  f"unreadable ({type(e).__name__})") from None
+            raise CheckpointError(
+                f"checkpoint at step {step} in '{Path(run_dir) / CHECKPOINTS}' is corrupt or "
+                f"unreadable ({type(e).__name__})"
+            ) from None
     finally:
         mngr.close()
     return nnx.merge(graphdef, params), config

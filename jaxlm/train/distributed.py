@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
-from typing import Callable, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from jaxlm.errors import UserError
 
@@ -36,7 +36,7 @@ def _int_env(env: Mapping[str, str], key: str) -> int:
 
 
 def launch_mode(env: Mapping[str, str] | None = None) -> str | None:
-    """"explicit", "auto" or None (a single-process run), from the environment."""
+    """ "explicit", "auto" or None (a single-process run), from the environment."""
     env = os.environ if env is None else env
     present = [k for k in EXPLICIT if env.get(k)]
     if present:
@@ -66,9 +66,11 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> bool:
     import jax
 
     if mode == "explicit":
-        jax.distributed.initialize(coordinator_address=env[ENV_COORDINATOR],
-                                   num_processes=_int_env(env, ENV_NUM_PROCESSES),
-                                   process_id=_int_env(env, ENV_PROCESS_ID))
+        jax.distributed.initialize(
+            coordinator_address=env[ENV_COORDINATOR],
+            num_processes=_int_env(env, ENV_NUM_PROCESSES),
+            process_id=_int_env(env, ENV_PROCESS_ID),
+        )
     else:
         jax.distributed.initialize()
     log.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count())
@@ -94,4 +96,3 @@ def primary_first(fn: Callable[[], T]) -> T:
     result = fn() if is_primary() else None
     multihost_utils.sync_global_devices("jaxlm.primary_first")
     return result if is_primary() else fn()
-

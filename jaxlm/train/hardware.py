@@ -91,9 +91,8 @@ def peak_flops(device_kind: str, platform: str, dtype: str, matmul_precision: st
     return peak.tf32 if peak.tf32 is not None else peak.fp32
 
 
-def peak_flops_for(device: "jax.Device", dtype: str) -> float | None:
+def peak_flops_for(device: jax.Device, dtype: str) -> float | None:
     """`peak_flops` for a JAX device under the current matmul-precision setting."""
     import jax
 
     return peak_flops(device.device_kind, device.platform, dtype, jax.config.jax_default_matmul_precision)
-

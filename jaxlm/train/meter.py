@@ -18,9 +18,18 @@ from jaxlm.train.stopping import DivergenceGuard
 class Meter:
     """Turns per-step device metrics into logged rows: mean train loss, tokens/s (eval time excluded)."""
 
-    def __init__(self, c: Config, schedule, tracker: RunTracker, bar, start_step: int,
-                 elapsed_before: float = 0.0, window_losses: list[float] = (), device_count: int = 1,
-                 peak_flops: float | None = None):
+    def __init__(
+        self,
+        c: Config,
+        schedule,
+        tracker: RunTracker,
+        bar,
+        start_step: int,
+        elapsed_before: float = 0.0,
+        window_losses: list[float] = (),
+        device_count: int = 1,
+        peak_flops: float | None = None,
+    ):
         self.c, self.schedule, self.tracker, self.bar = c, schedule, tracker, bar
         self.device_count, self.peak_flops, self.flops_per_token = device_count, peak_flops, flops_per_token(c)
         self.segment_start = self.last_time = time.perf_counter()
@@ -45,8 +54,11 @@ class Meter:
 
     def throughput(self, tok_s: float, prefix: str = "") -> dict[str, float | None]:
         """Global and per-device tokens/s and MFU (None on devices without a known peak)."""
-        return {f"{prefix}tokens_per_sec": tok_s, f"{prefix}tokens_per_sec_per_device": tok_s / self.device_count,
-                "mfu": mfu(tok_s, self.flops_per_token, self.device_count, self.peak_flops)}
+        return {
+            f"{prefix}tokens_per_sec": tok_s,
+            f"{prefix}tokens_per_sec_per_device": tok_s / self.device_count,
+            "mfu": mfu(tok_s, self.flops_per_token, self.device_count, self.peak_flops),
+        }
 
     def mean_tokens_per_sec(self, step: int) -> float:
         """Throughput of this process's share of the run, eval and checkpoint time excluded."""
@@ -64,9 +76,15 @@ class Meter:
             return True
         now = time.perf_counter()
         tok_s = (step - self.last_step) * c.tokens_per_step / max(now - self.last_time - self.paused, 1e-9)
-        row = {"tokens": step * c.tokens_per_step, "wallclock_s": now - self.segment_start,
-               "train_loss": float(np.mean(self.losses)), "learning_rate": float(self.schedule(step)),
-               "grad_norm": float(m["grad_norm"]), **self.throughput(tok_s), **(evals or {})}
+        row = {
+            "tokens": step * c.tokens_per_step,
+            "wallclock_s": now - self.segment_start,
+            "train_loss": float(np.mean(self.losses)),
+            "learning_rate": float(self.schedule(step)),
+            "grad_norm": float(m["grad_norm"]),
+            **self.throughput(tok_s),
+            **(evals or {}),
+        }
         self.tracker.log_step(step, **row)
         self.last_row = {"step": step, **row}
         self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}")

@@ -13,7 +13,8 @@ the parameters as they were before this step (as torch.optim.AdamW does).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +27,12 @@ def learning_rate_schedule(c: Config) -> optax.Schedule:
     """CS336's schedule: linear warmup from 0 over `warmup_iters`, cosine from `learning_rate` to
     `min_learning_rate` ending at `cosine_cycle_iters` (default `max_iterations`), then constant."""
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=c.learning_rate, warmup_steps=c.warmup_iters,
-        decay_steps=max(c.schedule_end, c.warmup_iters + 1), end_value=c.min_learning_rate)
+        init_value=0.0,
+        peak_value=c.learning_rate,
+        warmup_steps=c.warmup_iters,
+        decay_steps=max(c.schedule_end, c.warmup_iters + 1),
+        end_value=c.min_learning_rate,
+    )
 
 
 def planned_learning_rates(schedule: optax.Schedule, max_iterations: int) -> list[float]:
@@ -41,7 +46,9 @@ class AdamWState(NamedTuple):
     nu: optax.Updates
 
 
-def cs336_adamw(schedule: Callable, b1: float, b2: float, eps: float, weight_decay: float) -> optax.GradientTransformation:
+def cs336_adamw(
+    schedule: Callable, b1: float, b2: float, eps: float, weight_decay: float
+) -> optax.GradientTransformation:
     """AdamW as CS336 Algorithm 1 writes it; update number t (1-based) uses lr = schedule(t)."""
 
     def init(params):
@@ -56,7 +63,8 @@ def cs336_adamw(schedule: Callable, b1: float, b2: float, eps: float, weight_dec
         nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
         step_size = lr * jnp.sqrt(1 - b2**t) / (1 - b1**t)
         updates = jax.tree.map(
-            lambda m, v, p: -(step_size * m / (jnp.sqrt(v) + eps)) - lr * weight_decay * p, mu, nu, params)
+            lambda m, v, p: -(step_size * m / (jnp.sqrt(v) + eps)) - lr * weight_decay * p, mu, nu, params
+        )
         return updates, AdamWState(state.count + 1, mu, nu)
 
     return optax.GradientTransformation(init, update)

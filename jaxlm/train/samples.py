@@ -7,25 +7,66 @@ from jaxlm.data.tokenizer import EOT, decode
 from jaxlm.model.decode import Decoder, generate_batch
 
 
-def generate_texts(graphdef, params, tokenizer, prompt: str, *, context_length: int, max_new_tokens: int,
-                   num_samples: int = 1, temperature: float = 0.8, top_p: float = 0.9, seed: int = 0,
-                   decode_step: Decoder | None = None) -> list[str]:
+def generate_texts(
+    graphdef,
+    params,
+    tokenizer,
+    prompt: str,
+    *,
+    context_length: int,
+    max_new_tokens: int,
+    num_samples: int = 1,
+    temperature: float = 0.8,
+    top_p: float = 0.9,
+    seed: int = 0,
+    decode_step: Decoder | None = None,
+) -> list[str]:
     """Each sample is the prompt followed by its continuation, cut before `<|endoftext|>`."""
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
     stop_id = tokenizer.token_to_id(EOT)
     texts = []
-    for new in generate_batch(graphdef, params, prompt_ids, context_length=context_length,
-                              max_new_tokens=max_new_tokens, num_samples=num_samples, temperature=temperature,
-                              top_p=top_p, seed=seed, stop_id=stop_id, decode_step=decode_step):
+    for new in generate_batch(
+        graphdef,
+        params,
+        prompt_ids,
+        context_length=context_length,
+        max_new_tokens=max_new_tokens,
+        num_samples=num_samples,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop_id=stop_id,
+        decode_step=decode_step,
+    ):
         if new and new[-1] == stop_id:
             new = new[:-1]
         texts.append(prompt + decode(tokenizer, new))
     return texts
 
 
-def generate_text(graphdef, params, tokenizer, prompt: str, *, context_length: int, max_new_tokens: int,
-                  temperature: float = 0.8, top_p: float = 0.9, seed: int = 0, decode_step=None) -> str:
+def generate_text(
+    graphdef,
+    params,
+    tokenizer,
+    prompt: str,
+    *,
+    context_length: int,
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_p: float = 0.9,
+    seed: int = 0,
+    decode_step=None,
+) -> str:
     """The prompt followed by one sampled continuation, cut at `<|endoftext|>`."""
-    return generate_texts(graphdef, params, tokenizer, prompt, context_length=context_length,
-                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          decode_step=decode_step)[0]
+    return generate_texts(
+        graphdef,
+        params,
+        tokenizer,
+        prompt,
+        context_length=context_length,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        decode_step=decode_step,
+    )[0]

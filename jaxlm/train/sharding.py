@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError
@@ -38,7 +39,9 @@ def mesh_devices(c: Config) -> list[jax.Device]:
     try:
         return jax.devices(c.device)
     except RuntimeError:
-        raise ConfigError(f"config key 'device': no '{c.device}' backend here (available: {jax.default_backend()})") from None
+        raise ConfigError(
+            f"config key 'device': no '{c.device}' backend here (available: {jax.default_backend()})"
+        ) from None
 
 
 def mesh_shape(c: Config, num_devices: int) -> tuple[int, int]:
@@ -50,12 +53,16 @@ def mesh_shape(c: Config, num_devices: int) -> tuple[int, int]:
             raise ConfigError(f"config key '{fixed_key}': {fixed} does not divide the {num_devices} devices")
         data, fsdp = (num_devices // fsdp, fsdp) if data == -1 else (data, num_devices // data)
     if data * fsdp != num_devices:
-        raise ConfigError(f"config key 'mesh_data': mesh_data x mesh_fsdp = {data} x {fsdp} must equal "
-                          f"the number of devices ({num_devices})")
+        raise ConfigError(
+            f"config key 'mesh_data': mesh_data x mesh_fsdp = {data} x {fsdp} must equal "
+            f"the number of devices ({num_devices})"
+        )
     split = data * fsdp * c.grad_accum_steps
     if c.batch_size % split:
-        raise ConfigError(f"config key 'batch_size': the global batch {c.batch_size} must be divisible by "
-                          f"devices x grad_accum_steps = {data * fsdp} x {c.grad_accum_steps}")
+        raise ConfigError(
+            f"config key 'batch_size': the global batch {c.batch_size} must be divisible by "
+            f"devices x grad_accum_steps = {data * fsdp} x {c.grad_accum_steps}"
+        )
     return data, fsdp
 
 
@@ -94,9 +101,14 @@ class Layout:
 
     @classmethod
     def for_mesh(cls, mesh: Mesh, abstract_params: Any, abstract_opt_state: Any) -> Layout:
-        return cls(mesh, state_shardings(mesh, abstract_params), state_shardings(mesh, abstract_opt_state),
-                   NamedSharding(mesh, P(BATCH_AXES, None)), NamedSharding(mesh, P(None, BATCH_AXES, None)),
-                   NamedSharding(mesh, P()))
+        return cls(
+            mesh,
+            state_shardings(mesh, abstract_params),
+            state_shardings(mesh, abstract_opt_state),
+            NamedSharding(mesh, P(BATCH_AXES, None)),
+            NamedSharding(mesh, P(None, BATCH_AXES, None)),
+            NamedSharding(mesh, P()),
+        )
 
     def local_rows(self, batch_size: int) -> slice | np.ndarray:
         """This process's rows of a global (batch_size, T) batch: a slice when contiguous (always, on one host)."""
@@ -110,8 +122,10 @@ class Layout:
     def put_batch(self, x_local: np.ndarray, y_local: np.ndarray, batch_size: int) -> tuple[jax.Array, jax.Array]:
         """Assemble the global (batch_size, T) arrays from this process's rows (`local_rows`)."""
         shape = (batch_size, x_local.shape[1])
-        return (jax.make_array_from_process_local_data(self.batch, x_local, shape),
-                jax.make_array_from_process_local_data(self.batch, y_local, shape))
+        return (
+            jax.make_array_from_process_local_data(self.batch, x_local, shape),
+            jax.make_array_from_process_local_data(self.batch, y_local, shape),
+        )
 
 
 def init_state(c: Config, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[nnx.GraphDef, Any, Any, Layout]:
@@ -128,28 +142,40 @@ def batch_spec(layout: Layout, batch_size: int, context_length: int) -> jax.Shap
     return jax.ShapeDtypeStruct((batch_size, context_length), jnp.int32, sharding=layout.batch)
 
 
-def compile_train_step(c: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, layout: Layout,
-                       params: Any, opt_state: Any):
+def compile_train_step(
+    c: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, layout: Layout, params: Any, opt_state: Any
+):
     """AOT-compiled (params, opt_state, x, y) -> (params, opt_state, metrics); state buffers donated."""
     step = train_step_fn(graphdef, tx, grad_accum_steps=c.grad_accum_steps, microbatch_sharding=layout.microbatches)
-    jitted = jax.jit(step, in_shardings=(layout.params, layout.opt_state, layout.batch, layout.batch),
-                     out_shardings=(layout.params, layout.opt_state, layout.replicated), donate_argnums=(0, 1))
+    jitted = jax.jit(
+        step,
+        in_shardings=(layout.params, layout.opt_state, layout.batch, layout.batch),
+        out_shardings=(layout.params, layout.opt_state, layout.replicated),
+        donate_argnums=(0, 1),
+    )
     xy = batch_spec(layout, c.batch_size, c.context_length)
     return jitted.lower(params, opt_state, xy, xy).compile()
 
 
 def compile_eval_step(c: Config, graphdef: nnx.GraphDef, layout: Layout, params: Any):
     """AOT-compiled (params, x, y) -> mean loss (replicated scalar)."""
-    jitted = jax.jit(make_loss_fn(graphdef), in_shardings=(layout.params, layout.batch, layout.batch),
-                     out_shardings=layout.replicated)
+    jitted = jax.jit(
+        make_loss_fn(graphdef),
+        in_shardings=(layout.params, layout.batch, layout.batch),
+        out_shardings=layout.replicated,
+    )
     xy = batch_spec(layout, c.batch_size, c.context_length)
     return jitted.lower(params, xy, xy).compile()
 
 
 def describe_mesh(mesh: Mesh) -> dict[str, Any]:
     """Summary fields: mesh shape and process layout."""
-    return {"device_count": mesh.size, "mesh_shape": dict(mesh.shape), "process_count": jax.process_count(),
-            "local_device_count": len(mesh.local_devices)}
+    return {
+        "device_count": mesh.size,
+        "mesh_shape": dict(mesh.shape),
+        "process_count": jax.process_count(),
+        "local_device_count": len(mesh.local_devices),
+    }
 
 
 def check_mesh(c: Config) -> tuple[int, int]:

@@ -23,8 +23,6 @@ def make_loss_fn(graphdef: nnx.GraphDef):
     return loss_fn
 
 
-
-
 def split_microbatches(a_BxT: jax.Array, k: int, sharding: Any = None) -> jax.Array:
     """(B, T) -> (k, B/k, T), micro-batch j = rows j, j+k, j+2k, ...
 
@@ -44,8 +42,10 @@ def accumulated_value_and_grad(loss_fn, grad_accum_steps: int, microbatch_shardi
         return grad_fn
 
     def accumulated(params, x_BxT, y_BxT):
-        xs = (split_microbatches(x_BxT, grad_accum_steps, microbatch_sharding),
-              split_microbatches(y_BxT, grad_accum_steps, microbatch_sharding))
+        xs = (
+            split_microbatches(x_BxT, grad_accum_steps, microbatch_sharding),
+            split_microbatches(y_BxT, grad_accum_steps, microbatch_sharding),
+        )
 
         def add_micro(carry, xy):
             loss_sum, grad_sum = carry
@@ -59,8 +59,13 @@ def accumulated_value_and_grad(loss_fn, grad_accum_steps: int, microbatch_shardi
     return accumulated
 
 
-def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, grad_accum_steps: int = 1,
-                  microbatch_sharding: Any = None):
+def train_step_fn(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    *,
+    grad_accum_steps: int = 1,
+    microbatch_sharding: Any = None,
+):
     """(params, opt_state, x, y) -> (params, opt_state, {loss, grad_norm}), not yet jitted."""
     grad_fn = accumulated_value_and_grad(make_loss_fn(graphdef), grad_accum_steps, microbatch_sharding)
 
@@ -76,4 +81,3 @@ def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, g
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, grad_accum_steps: int = 1):
     """Plain-jitted train step with donated params/opt_state (single device; see jaxlm.train.sharding for meshes)."""
     return jax.jit(train_step_fn(graphdef, tx, grad_accum_steps=grad_accum_steps), donate_argnums=(0, 1))
-

@@ -78,10 +78,12 @@ class StopSignals:
         if self.requested is not None:
             raise KeyboardInterrupt(f"second stop signal ({name})")
         self.requested = name
-        log.warning("%s received: finishing this step, saving a checkpoint, then stopping "
-                    "(send it again to abort at once)", name)
+        log.warning(
+            "%s received: finishing this step, saving a checkpoint, then stopping (send it again to abort at once)",
+            name,
+        )
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -91,6 +93,7 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
 
 CALIBRATION_STEPS = 12  # steps timed before the schedule is sized (the first two are not counted)
 

@@ -108,16 +108,24 @@ class Trainer:
         self.params, self.opt_state, self.resumed = self.checkpoints.restore(which, self.params, self.opt_state)
         self.step = self.resumed["step"]
         if self.resumed.get("train_tokens", len(self.train_tokens)) != len(self.train_tokens):
-            raise ConfigError(f"training data changed since the checkpoint ({self.resumed['train_tokens']} tokens, "
-                              f"now {len(self.train_tokens)}): the data order would not continue")
+            raise ConfigError(
+                f"training data changed since the checkpoint ({self.resumed['train_tokens']} tokens, "
+                f"now {len(self.train_tokens)}): the data order would not continue"
+            )
         self.checkpoints.drop_after(self.step)
         return self.step
 
     def checkpoint_meta(self, meter: Meter, guard: DivergenceGuard, best: dict) -> dict:
         """Everything besides params/opt_state that continuing bit for bit needs (data order = seed + step)."""
-        return {"seed": self.c.seed, "train_tokens": len(self.train_tokens), "wallclock_s": meter.elapsed(),
-                "initial_loss": guard.initial_loss, "best_val_loss": best["val_loss"], "best_val_step": best["step"],
-                "window_losses": list(meter.losses)}
+        return {
+            "seed": self.c.seed,
+            "train_tokens": len(self.train_tokens),
+            "wallclock_s": meter.elapsed(),
+            "initial_loss": guard.initial_loss,
+            "best_val_loss": best["val_loss"],
+            "best_val_step": best["step"],
+            "window_losses": list(meter.losses),
+        }
 
     def batch(self, step: int) -> tuple[jax.Array, jax.Array]:
         """Global batch `step`, sharded over the mesh; this process reads only its own rows."""
@@ -141,9 +149,16 @@ class Trainer:
         if self.decoder is None:
             self.decoder = Decoder(self.graphdef, temperature=0.8, top_p=0.9)
         with jax.default_device(self.device):
-            return generate_text(self.graphdef, self.params, self.tokenizer, c.sample_prompt,
-                                 context_length=c.context_length, max_new_tokens=c.sample_tokens,
-                                 seed=c.seed if seed is None else seed, decode_step=self.decoder)
+            return generate_text(
+                self.graphdef,
+                self.params,
+                self.tokenizer,
+                c.sample_prompt,
+                context_length=c.context_length,
+                max_new_tokens=c.sample_tokens,
+                seed=c.seed if seed is None else seed,
+                decode_step=self.decoder,
+            )
 
     # --- the run, phase by phase --------------------------------------------------------------------
 
@@ -169,10 +184,17 @@ class Trainer:
             shutil.copyfile(self.tokenizer_path, tracker.run_dir / TOKENIZER_FILE)
         self.checkpoints = self.checkpoints or RunCheckpoints(tracker.run_dir, c.keep_checkpoints)
         counts = param_counts(c)
-        tracker.write_summary(compile_s=self.compile_s, params_total=counts["total"],
-                              params_non_embedding=counts["non_embedding"], device_kind=self.device.device_kind,
-                              **describe_mesh(self.mesh), jax_version=jax.__version__, max_iterations=c.max_iterations,
-                              peak_flops_per_device=self.peak_flops, flops_per_token=flops_per_token(c))
+        tracker.write_summary(
+            compile_s=self.compile_s,
+            params_total=counts["total"],
+            params_non_embedding=counts["non_embedding"],
+            device_kind=self.device.device_kind,
+            **describe_mesh(self.mesh),
+            jax_version=jax.__version__,
+            max_iterations=c.max_iterations,
+            peak_flops_per_device=self.peak_flops,
+            flops_per_token=flops_per_token(c),
+        )
         tracker.plan_learning_rate(planned_learning_rates(self.schedule, c.max_iterations))
 
     def _start_loop(self, tracker: RunTracker) -> _Loop:
@@ -180,12 +202,25 @@ class Trainer:
 
         c, resumed = self.c, self.resumed
         bar = tqdm(total=c.max_iterations, initial=self.step, desc=tracker.name, disable=not self.progress, unit="step")
-        meter = Meter(c, self.schedule, tracker, bar, self.step, resumed.get("wallclock_s", 0.0),
-                      resumed.get("window_losses", []), self.mesh.size, self.peak_flops)
-        return _Loop(meter=meter, bar=bar,
-                     guard=DivergenceGuard(c.divergence_factor, c.warmup_iters, resumed.get("initial_loss")),
-                     best={"val_loss": resumed.get("best_val_loss", math.inf), "step": resumed.get("best_val_step")},
-                     calibrate_at=calibration_step(c, self.step), requested_steps=c.max_iterations)
+        meter = Meter(
+            c,
+            self.schedule,
+            tracker,
+            bar,
+            self.step,
+            resumed.get("wallclock_s", 0.0),
+            resumed.get("window_losses", []),
+            self.mesh.size,
+            self.peak_flops,
+        )
+        return _Loop(
+            meter=meter,
+            bar=bar,
+            guard=DivergenceGuard(c.divergence_factor, c.warmup_iters, resumed.get("initial_loss")),
+            best={"val_loss": resumed.get("best_val_loss", math.inf), "step": resumed.get("best_val_step")},
+            calibrate_at=calibration_step(c, self.step),
+            requested_steps=c.max_iterations,
+        )
 
     def _train_one_step(self, loop: _Loop, stop: StopSignals) -> bool:
         """Dispatch one update, then evaluate, checkpoint and log as due; False when the loop must end."""
@@ -244,9 +279,13 @@ class Trainer:
         if is_best:
             loop.best.update(val_loss=evals["val_loss"], step=self.step)
         t0 = time.perf_counter()
-        self.checkpoints.save(self.step, self.params, self.opt_state,
-                              self.checkpoint_meta(loop.meter, loop.guard, loop.best),
-                              val_loss=evals and evals["val_loss"])
+        self.checkpoints.save(
+            self.step,
+            self.params,
+            self.opt_state,
+            self.checkpoint_meta(loop.meter, loop.guard, loop.best),
+            val_loss=evals and evals["val_loss"],
+        )
         loop.meter.pause(time.perf_counter() - t0)
         return True
 
@@ -265,8 +304,9 @@ class Trainer:
         self.schedule = meter.schedule = learning_rate_schedule(self.c)
         meter.c = self.c
         t0 = time.perf_counter()
-        self.train_step = compile_train_step(self.c, self.graphdef, build_optimizer(self.c, self.schedule),
-                                             self.layout, self.params, self.opt_state)
+        self.train_step = compile_train_step(
+            self.c, self.graphdef, build_optimizer(self.c, self.schedule), self.layout, self.params, self.opt_state
+        )
         meter.pause(time.perf_counter() - t0)
         self.tracker.update_config(cosine_cycle_iters=steps, max_iterations=steps)
         self.tracker.plan_learning_rate(planned_learning_rates(self.schedule, steps))
@@ -280,16 +320,29 @@ class Trainer:
         if loop.calibrate_at is not None and c.max_iterations < loop.requested_steps:
             loop.stopped_by = "wallclock"  # the step count itself was sized to the budget
         status = "diverged" if guard.tripped else "interrupted" if stop.requested else "completed"
-        stop_fields = ({"diverged_step": guard.tripped["step"], "divergence_reason": guard.tripped["reason"]}
-                       if guard.tripped else {"interrupted_by": stop.requested} if stop.requested
-                       else {"stopped_by": loop.stopped_by})
+        stop_fields = (
+            {"diverged_step": guard.tripped["step"], "divergence_reason": guard.tripped["reason"]}
+            if guard.tripped
+            else {"interrupted_by": stop.requested}
+            if stop.requested
+            else {"stopped_by": loop.stopped_by}
+        )
         last_row = meter.last_row
         summary = self.tracker.finalize(
-            status=status, **stop_fields, checkpoint_steps=self.checkpoints.steps,
-            best_checkpoint_step=self.checkpoints.best_step(), steps=self.step, tokens=self.step * c.tokens_per_step,
-            wallclock_s=meter.segment_elapsed(), final_train_loss=meter.last_loss,
-            final_val_loss=last_row.get("val_loss"), final_val_perplexity=last_row.get("val_perplexity"),
-            final_val_bpb=last_row.get("val_bpb"), best_val_loss=loop.best["val_loss"],
-            best_val_step=loop.best["step"], **meter.throughput(meter.mean_tokens_per_sec(self.step), "mean_"),
-            flops_per_token=flops_per_token(c))
+            status=status,
+            **stop_fields,
+            checkpoint_steps=self.checkpoints.steps,
+            best_checkpoint_step=self.checkpoints.best_step(),
+            steps=self.step,
+            tokens=self.step * c.tokens_per_step,
+            wallclock_s=meter.segment_elapsed(),
+            final_train_loss=meter.last_loss,
+            final_val_loss=last_row.get("val_loss"),
+            final_val_perplexity=last_row.get("val_perplexity"),
+            final_val_bpb=last_row.get("val_bpb"),
+            best_val_loss=loop.best["val_loss"],
+            best_val_step=loop.best["step"],
+            **meter.throughput(meter.mean_tokens_per_sec(self.step), "mean_"),
+            flops_per_token=flops_per_token(c),
+        )
         return RunResult(status, summary, loop.sample)

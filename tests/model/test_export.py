@@ -12,8 +12,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from jaxlm.errors import DataError
-from jaxlm.model.weights import export_safetensors, import_safetensors
 from jaxlm.model.transformer import build_model
+from jaxlm.model.weights import export_safetensors, import_safetensors
 
 
 def np_rmsnorm(x, g, eps=1e-5):
@@ -60,9 +60,13 @@ def test_export_names_shapes_and_numpy_forward_match(tiny_config, tmp_path):
 
     expected = {"token_embeddings.weight": (300, 32), "ln_final.weight": (32,), "lm_head.weight": (300, 32)}
     for i in range(2):
-        expected |= {f"layers.{i}.ln1.weight": (32,), f"layers.{i}.ln2.weight": (32,),
-                     f"layers.{i}.ffn.w1.weight": (48, 32), f"layers.{i}.ffn.w3.weight": (48, 32),
-                     f"layers.{i}.ffn.w2.weight": (32, 48)}
+        expected |= {
+            f"layers.{i}.ln1.weight": (32,),
+            f"layers.{i}.ln2.weight": (32,),
+            f"layers.{i}.ffn.w1.weight": (48, 32),
+            f"layers.{i}.ffn.w3.weight": (48, 32),
+            f"layers.{i}.ffn.w2.weight": (32, 48),
+        }
         expected |= {f"layers.{i}.attn.{n}.weight": (32, 32) for n in ("q_proj", "k_proj", "v_proj", "output_proj")}
     assert {k: v.shape for k, v in w.items()} == expected
     assert json.loads(config_path.read_text())["d_ff"] == 48
@@ -73,8 +77,11 @@ def test_export_names_shapes_and_numpy_forward_match(tiny_config, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("ablation", [{}, {"norm": "none", "ffn": "silu", "d_ff": None, "tie_embeddings": True}],
-                         ids=["baseline", "no_norm_silu_tied"])
+@pytest.mark.parametrize(
+    "ablation",
+    [{}, {"norm": "none", "ffn": "silu", "d_ff": None, "tie_embeddings": True}],
+    ids=["baseline", "no_norm_silu_tied"],
+)
 def test_round_trip_is_exact(tiny_config, tmp_path, ablation):
     c = tiny_config(**ablation)
     params = nnx.state(build_model(c), nnx.Param)
@@ -102,7 +109,9 @@ def test_import_pytorch_file_without_metadata_and_errors(tiny_config, tmp_path):
     back, _ = import_safetensors(bare, c)
     model = nnx.merge(nnx.graphdef(build_model(c)), back)
     ids = np.arange(10)[None]
-    np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(nnx.merge(nnx.graphdef(build_model(c)), params)(ids)))
+    np.testing.assert_array_equal(
+        np.asarray(model(ids)), np.asarray(nnx.merge(nnx.graphdef(build_model(c)), params)(ids))
+    )
 
     del tensors["layers.1.ffn.w3.weight"]
     save_file(tensors, str(bare))

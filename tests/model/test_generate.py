@@ -33,7 +33,7 @@ def test_cached_logits_equal_full_forward_at_every_position(tiny_config, ablatio
     logits, cache = step(model, ids_BxT[:, :5], init_cache(model, 2, 16), 0)
     pieces = [np.asarray(logits)]
     for pos in range(5, 16):
-        logits, cache = step(model, ids_BxT[:, pos:pos + 1], cache, pos)
+        logits, cache = step(model, ids_BxT[:, pos : pos + 1], cache, pos)
         pieces.append(np.asarray(logits))
     cached_BxTxV = np.concatenate(pieces, axis=1)
     np.testing.assert_allclose(cached_BxTxV, full_BxTxV, atol=1e-5, rtol=1e-5)
@@ -49,7 +49,7 @@ def test_padded_prefill_leaves_no_trace(tiny_config):
     _, cache = step(model, junk_1xT, init_cache(model, 1, 16), 0)
     pieces = []
     for pos in range(6, 16):
-        logits, cache = step(model, ids_1xT[:, pos:pos + 1], cache, pos)
+        logits, cache = step(model, ids_1xT[:, pos : pos + 1], cache, pos)
         pieces.append(np.asarray(logits))
     full_1xTxV = np.asarray(nnx.jit(lambda m, ids: m(ids))(model, ids_1xT))
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full_1xTxV[:, 6:], atol=1e-5, rtol=1e-5)
@@ -59,8 +59,18 @@ def test_padded_prefill_leaves_no_trace(tiny_config):
 def tiny_split():
     from jaxlm.config import build_config
 
-    c = build_config({"vocab_size": 300, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 4,
-                      "d_ff": 64, "warmup_iters": 1, "max_iterations": 2})
+    c = build_config(
+        {
+            "vocab_size": 300,
+            "context_length": 16,
+            "d_model": 32,
+            "num_layers": 2,
+            "num_heads": 4,
+            "d_ff": 64,
+            "warmup_iters": 1,
+            "max_iterations": 2,
+        }
+    )
     graphdef, params = nnx.split(build_model(c), nnx.Param)
     return c, graphdef, params
 
@@ -72,9 +82,9 @@ def reference_greedy(graphdef, params, prompt, n, context_length):
     for _ in range(n):
         window = ids[-context_length:]
         buf = np.zeros((1, context_length), np.int32)
-        buf[0, :len(window)] = window
+        buf[0, : len(window)] = window
         ids.append(int(next_token(params, buf, len(window) - 1)))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_greedy_matches_full_forward_and_is_deterministic(tiny_split):
@@ -105,8 +115,9 @@ def test_stops_at_end_of_text(tiny_split):
     decoder = Decoder(graphdef, temperature=0.0, top_p=1.0)
     free = generate_ids(graphdef, params, [3, 4], context_length=16, max_new_tokens=8, decode_step=decoder)
     stop_id = free[2]  # pretend the third greedy token is <|endoftext|>
-    cut = generate_ids(graphdef, params, [3, 4], context_length=16, max_new_tokens=8, stop_id=stop_id,
-                       decode_step=decoder)
+    cut = generate_ids(
+        graphdef, params, [3, 4], context_length=16, max_new_tokens=8, stop_id=stop_id, decode_step=decoder
+    )
     assert cut == free[: free.index(stop_id) + 1]
 
 
@@ -125,7 +136,7 @@ class FakeTokenizer:
 
 def test_generate_text_drops_end_of_text(tiny_split, monkeypatch):
     c, graphdef, params = tiny_split
-    import jaxlm.generate as gen
+    import jaxlm.train.samples as gen
 
     monkeypatch.setattr(gen, "generate_batch", lambda *a, **k: [[5, 6, 0]])
     assert generate_text(graphdef, params, FakeTokenizer(), "hi", context_length=16, max_new_tokens=4) == "hifg"
@@ -159,8 +170,23 @@ def test_cli_prints_samples_from_a_run(tiny_config, tmp_path, capsys, monkeypatc
     run = tmp_path / "run"
     train_tokenizer([text], 300, run)  # <run>/tokenizer.json is where the CLI looks first
     monkeypatch.setattr(jaxlm, "load_run", lambda run_dir, which: (build_model(c), c))
-    assert main(["--run", str(run), "--prompt", "Once upon", "--max-new-tokens", "20", "--temperature", "0",
-                 "--num-samples", "2"]) == 0
+    assert (
+        main(
+            [
+                "--run",
+                str(run),
+                "--prompt",
+                "Once upon",
+                "--max-new-tokens",
+                "20",
+                "--temperature",
+                "0",
+                "--num-samples",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     samples = [s.strip() for s in out.split("--- sample")[1:]]
     assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("Once upon") for s in samples)

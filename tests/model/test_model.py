@@ -12,8 +12,17 @@ import pytest
 from flax import nnx
 
 from jaxlm.model.attention import attention_implementation, causal_attention
+from jaxlm.model.transformer import (
+    RMS_EPS,
+    FeedForward,
+    Linear,
+    RMSNorm,
+    Transformer,
+    apply_rope,
+    build_model,
+    cross_entropy,
+)
 from jaxlm.train.flops import param_counts
-from jaxlm.model.transformer import RMS_EPS, FeedForward, Linear, RMSNorm, Transformer, apply_rope, build_model, cross_entropy
 
 ABLATIONS = {
     "baseline": {},
@@ -26,6 +35,7 @@ ABLATIONS = {
 
 
 # ---------------------------------------------------------------- NumPy references (float64)
+
 
 def np_rmsnorm(x, weight):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + RMS_EPS) * weight
@@ -110,13 +120,16 @@ def randomize_norm_weights(model: nnx.Module, seed: int = 1) -> None:
 
 # ---------------------------------------------------------------- components
 
+
 def test_rmsnorm_matches_numpy():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 5, 16)).astype(np.float32) * 3
     norm = RMSNorm(16)
     w = rng.uniform(0.5, 2.0, 16).astype(np.float32)
     norm.weight[...] = jnp.asarray(w)
-    np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x))), np_rmsnorm(x.astype(np.float64), w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(norm(jnp.asarray(x))), np_rmsnorm(x.astype(np.float64), w), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_rmsnorm_computes_in_float32_and_returns_input_dtype():
@@ -132,8 +145,9 @@ def test_rope_matches_numpy_adjacent_pairs():
     x = rng.normal(size=(2, 7, 3, 8)).astype(np.float32)
     positions = np.arange(7)
     got = np.asarray(apply_rope(jnp.asarray(x), jnp.asarray(positions), 10000.0))
-    np.testing.assert_allclose(got, np_rope(x.astype(np.float64), positions.astype(np.float64), 10000.0),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got, np_rope(x.astype(np.float64), positions.astype(np.float64), 10000.0), rtol=1e-5, atol=1e-5
+    )
     # Position 0 is the identity; a rotation keeps each pair's norm.
     np.testing.assert_allclose(got[:, 0], x[:, 0], atol=1e-6)
     pair_norm = lambda a: np.hypot(a[..., 0::2], a[..., 1::2])
@@ -216,8 +230,9 @@ def test_self_attention_falls_back_when_cudnn_cannot_run(monkeypatch, caplog):
     rng = np.random.default_rng(6)
     q, k, v = (jnp.asarray(rng.normal(size=(1, 5, 2, 8)), jnp.bfloat16) for _ in range(3))
     pos = jnp.arange(5)
-    np.testing.assert_allclose(np.asarray(self_attention(q, k, v), np.float32),
-                               np.asarray(causal_attention(q, k, v, pos, pos), np.float32))
+    np.testing.assert_allclose(
+        np.asarray(self_attention(q, k, v), np.float32), np.asarray(causal_attention(q, k, v, pos, pos), np.float32)
+    )
     assert "cuDNN attention unavailable" in caplog.text
 
 
@@ -233,6 +248,7 @@ def test_cross_entropy_matches_numpy():
 
 
 # ---------------------------------------------------------------- whole model
+
 
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
 def test_forward_matches_numpy(tiny_config, ablation):

@@ -14,8 +14,15 @@ from jaxlm.tracking import ExperimentTracker
 
 
 def make_run(output_dir, name, steps, lr, status="completed", diverge_at=None):
-    config = {"description": f"lr {lr} | test", "learning_rate": lr, "min_learning_rate": lr / 10,
-              "warmup_iters": 2, "max_iterations": steps, "batch_size": 2, "context_length": 8}
+    config = {
+        "description": f"lr {lr} | test",
+        "learning_rate": lr,
+        "min_learning_rate": lr / 10,
+        "warmup_iters": 2,
+        "max_iterations": steps,
+        "batch_size": 2,
+        "context_length": 8,
+    }
     tracker = ExperimentTracker(name, config, output_dir, tensorboard=False, make_plots=False)
     for step in range(1, steps + 1):
         loss = 6.0 / step + 1.0 if diverge_at is None or step < diverge_at else math.nan
@@ -54,7 +61,12 @@ def test_compare_three_runs_with_a_glob(three_runs, tmp_path, capsys):
     diverged, done, cut = (line.split(" | ") for line in lines)
     assert done[2] == "completed" and done[3] == f"{6.0 / 20 + 1.1:.4f} (20)" and done[5] == "20"
     assert done[1] == "lr 0.001 \\| test"  # pipes in descriptions are escaped
-    assert diverged[2] == "diverged" and diverged[3] == f"{6.0 / 10 + 1.1:.4f} (10)" and diverged[4] == "nan" and diverged[5] == "15"
+    assert (
+        diverged[2] == "diverged"
+        and diverged[3] == f"{6.0 / 10 + 1.1:.4f} (10)"
+        and diverged[4] == "nan"
+        and diverged[5] == "15"
+    )
     assert cut[2].startswith("unknown") and cut[3] == f"{6.0 / 20 + 1.1:.4f} (20)" and cut[5] == "20"
     assert cut[7] == "4.0" and cut[8].strip(" |") == "500"
     image = mpimg.imread(out)
@@ -63,8 +75,19 @@ def test_compare_three_runs_with_a_glob(three_runs, tmp_path, capsys):
 
 def test_names_and_metric(three_runs, tmp_path):
     out = tmp_path / "bpb.png"
-    code = compare.main([str(three_runs / "lr_1e-3"), str(three_runs / "lr_3e-3"), "--names", "base", "fast",
-                         "--metric", "val_bpb", "-o", str(out)])
+    code = compare.main(
+        [
+            str(three_runs / "lr_1e-3"),
+            str(three_runs / "lr_3e-3"),
+            "--names",
+            "base",
+            "fast",
+            "--metric",
+            "val_bpb",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0 and out.is_file()
     table = (tmp_path / "bpb.md").read_text()
     assert "| base |" in table and "| fast |" in table and "val_bpb" in table
@@ -81,6 +104,17 @@ def test_a_directory_that_is_not_a_run_is_a_one_line_error(three_runs, tmp_path,
 
 
 def test_cli_entry_point(three_runs, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "jaxlm.compare", str(three_runs / "lr_1e-3"), str(tmp_path / "nope"),
-                           "-o", str(tmp_path / "c.png")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxlm.compare",
+            str(three_runs / "lr_1e-3"),
+            str(tmp_path / "nope"),
+            "-o",
+            str(tmp_path / "c.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope" in proc.stderr

@@ -16,9 +16,21 @@ import pytest
 from jaxlm import launch
 from jaxlm.train import trainer as train
 
-CONFIG = {"description": "log test", "vocab_size": 300, "context_length": 16, "d_model": 32, "num_layers": 1,
-          "num_heads": 2, "d_ff": 64, "batch_size": 2, "max_iterations": 6, "warmup_iters": 1,
-          "learning_rate": 1e-3, "min_learning_rate": 1e-4, "eval_interval": 3}
+CONFIG = {
+    "description": "log test",
+    "vocab_size": 300,
+    "context_length": 16,
+    "d_model": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "d_ff": 64,
+    "batch_size": 2,
+    "max_iterations": 6,
+    "warmup_iters": 1,
+    "learning_rate": 1e-3,
+    "min_learning_rate": 1e-4,
+    "eval_interval": 3,
+}
 
 
 def fake_train(fail_at=None):
@@ -36,6 +48,7 @@ def fake_train(fail_at=None):
                 tracker.log_step(step, train_loss=5.0 / step, learning_rate=config.learning_rate, **evals)
             summary = tracker.finalize("completed", compile_s=0.5, wallclock_s=1.5)
             return train.RunResult("completed", summary, None)
+
     return FakeTrainer
 
 
@@ -56,11 +69,27 @@ def test_two_runs_append_two_entries_and_leave_the_first_unchanged(project):
     assert "best val loss 0.6667 (step 6)" in first and "6 steps" in first and "1.5 s" in first
     assert first.rstrip().endswith("### Observations")
 
-    assert launch.main(["--config", "cfg.json", "--name", "b", "--quiet", "--description", "does lr matter?",
-                        "--set", "learning_rate=0.003", "--set", "warmup_iters=2"]) == 0
+    assert (
+        launch.main(
+            [
+                "--config",
+                "cfg.json",
+                "--name",
+                "b",
+                "--quiet",
+                "--description",
+                "does lr matter?",
+                "--set",
+                "learning_rate=0.003",
+                "--set",
+                "warmup_iters=2",
+            ]
+        )
+        == 0
+    )
     both = (project / "EXPERIMENT_LOG.md").read_text()
     assert both.startswith(first) and both.count("\n## ") == 2
-    second = both[len(first):]
+    second = both[len(first) :]
     assert "b · completed" in second and "does lr matter?" in second
     assert "`learning_rate`: 0.001 -> 0.003" in second and "`warmup_iters`: 1 -> 2" in second
 
@@ -108,8 +137,10 @@ def test_concurrent_appends_do_not_interleave(tmp_path):
 def test_append_waits_for_a_lock_held_by_another_writer(tmp_path):
     path = tmp_path / "EXPERIMENT_LOG.md"
     path.write_text("# earlier entries\n")
-    script = ("import sys\nfrom jaxlm.tracking.explog import append_entry\nprint('ready', flush=True)\n"
-              "append_entry(sys.argv[1], '## late entry\\n')\n")
+    script = (
+        "import sys\nfrom jaxlm.tracking.explog import append_entry\nprint('ready', flush=True)\n"
+        "append_entry(sys.argv[1], '## late entry\\n')\n"
+    )
     with open(path, "a") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)

@@ -49,8 +49,16 @@ def test_seed_api_from_a_loop_without_jax(tmp_path):
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
 
     run = out / "seed_lr_0.001"
-    for name in ("config.json", "metrics.csv", "metrics.jsonl", "metrics.json", "summary.json", "loss_curves.png",
-                 "lr_schedule.png", "train.log"):
+    for name in (
+        "config.json",
+        "metrics.csv",
+        "metrics.jsonl",
+        "metrics.json",
+        "summary.json",
+        "loss_curves.png",
+        "lr_schedule.png",
+        "train.log",
+    ):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["experiment_name"] == "seed_lr_0.001" and config["experiment_id"].startswith("seed_lr_0.001_")

@@ -11,13 +11,23 @@ from tensorboard.backend.event_processing import event_accumulator
 from jaxlm.tracking import ExperimentTracker
 from jaxlm.tracking.tensorboard import SCALAR_TAGS
 
-CONFIG = {"description": "tb test", "learning_rate": 1e-3, "min_learning_rate": 1e-4, "warmup_iters": 2,
-          "max_iterations": 12, "batch_size": 2, "context_length": 8, "d_model": 16, "cosine_cycle_iters": None}
+CONFIG = {
+    "description": "tb test",
+    "learning_rate": 1e-3,
+    "min_learning_rate": 1e-4,
+    "warmup_iters": 2,
+    "max_iterations": 12,
+    "batch_size": 2,
+    "context_length": 8,
+    "d_model": 16,
+    "cosine_cycle_iters": None,
+}
 
 
 def load_events(run_dir):
-    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={event_accumulator.SCALARS: 0,
-                                                                          event_accumulator.TENSORS: 0})
+    acc = event_accumulator.EventAccumulator(
+        str(run_dir), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0}
+    )
     acc.Reload()
     return acc
 
@@ -26,8 +36,13 @@ def write_run(tmp_path, steps=12, offset=0.0, tracker=None, first=1):
     tracker = tracker or ExperimentTracker("tb", CONFIG, tmp_path, make_plots=False)
     tracker.write_summary(device_kind="TPU v4", peak_flops_per_device=275e12, device_count=1, flops_per_token=1e6)
     for step in range(first, steps + 1):
-        row = {"train_loss": 4.0 / step + offset, "learning_rate": 1e-3 * step / steps, "grad_norm": 0.1 * step,
-               "tokens_per_sec": 1000.0 + step, "wallclock_s": float(step)}
+        row = {
+            "train_loss": 4.0 / step + offset,
+            "learning_rate": 1e-3 * step / steps,
+            "grad_norm": 0.1 * step,
+            "tokens_per_sec": 1000.0 + step,
+            "wallclock_s": float(step),
+        }
         if step % 4 == 0:
             row.update(val_loss=4.5 / step + offset, val_bpb=3.0 / step)
             tracker.log_sample(step, "Once upon a time", f"there was step {step}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import subprocess
 import sys
 
@@ -15,23 +14,56 @@ import pytest
 from jaxlm.tracking import METRIC_COLUMNS, STATUSES, ExperimentTracker
 
 TINY_RUN = {
-    "description": "tiny tracking test", "vocab_size": 300, "context_length": 32, "d_model": 32, "num_layers": 2,
-    "num_heads": 2, "d_ff": 64, "batch_size": 4, "max_iterations": 12, "warmup_iters": 2, "learning_rate": 3e-3,
-    "min_learning_rate": 3e-4, "log_interval": 2, "eval_interval": 6, "eval_batches": 2, "sample_tokens": 8,
+    "description": "tiny tracking test",
+    "vocab_size": 300,
+    "context_length": 32,
+    "d_model": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "d_ff": 64,
+    "batch_size": 4,
+    "max_iterations": 12,
+    "warmup_iters": 2,
+    "learning_rate": 3e-3,
+    "min_learning_rate": 3e-4,
+    "log_interval": 2,
+    "eval_interval": 6,
+    "eval_batches": 2,
+    "sample_tokens": 8,
 }
-RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "metrics.json", "summary.json", "loss_curves.png",
-             "lr_schedule.png", "samples.txt")
+RUN_FILES = (
+    "config.json",
+    "metrics.csv",
+    "metrics.jsonl",
+    "metrics.json",
+    "summary.json",
+    "loss_curves.png",
+    "lr_schedule.png",
+    "samples.txt",
+)
 
 
 def fake_run(output_dir, name="run", steps=20, eval_every=5, finalize=True, **tracker_kwargs):
     """A synthetic run through ExperimentTracker: train rows every step, val rows every `eval_every`."""
-    config = {"description": f"synthetic {name}", "learning_rate": 1e-3, "min_learning_rate": 1e-4,
-              "warmup_iters": 3, "cosine_cycle_iters": None, "max_iterations": steps, "batch_size": 2,
-              "context_length": 8}
+    config = {
+        "description": f"synthetic {name}",
+        "learning_rate": 1e-3,
+        "min_learning_rate": 1e-4,
+        "warmup_iters": 3,
+        "cosine_cycle_iters": None,
+        "max_iterations": steps,
+        "batch_size": 2,
+        "context_length": 8,
+    }
     tracker = ExperimentTracker(name, config, output_dir, **tracker_kwargs)
     for step in range(1, steps + 1):
-        row = {"train_loss": 5.0 / step + 1.0, "learning_rate": 1e-3, "grad_norm": 0.5, "tokens_per_sec": 100.0 + step,
-               "wallclock_s": 0.1 * step}
+        row = {
+            "train_loss": 5.0 / step + 1.0,
+            "learning_rate": 1e-3,
+            "grad_norm": 0.5,
+            "tokens_per_sec": 100.0 + step,
+            "wallclock_s": 0.1 * step,
+        }
         if step % eval_every == 0:
             row.update(val_loss=5.0 / step + 1.2, val_bpb=2.0 / step + 1.0)
             tracker.log_sample(step, "Once", f"sample at {step}")
@@ -53,8 +85,19 @@ def test_real_training_run_writes_every_file(tmp_path, capsys):
 
     config_path = tmp_path / "tiny.json"
     config_path.write_text(json.dumps(TINY_RUN))
-    code = launch.main(["--config", str(config_path), "--name", "tiny", "--output-dir", str(tmp_path / "runs"),
-                        "--quiet", "--set", "learning_rate=0.004"])
+    code = launch.main(
+        [
+            "--config",
+            str(config_path),
+            "--name",
+            "tiny",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--quiet",
+            "--set",
+            "learning_rate=0.004",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     run = tmp_path / "runs" / "tiny"
     for name in RUN_FILES:
@@ -87,12 +130,25 @@ def test_real_training_run_writes_every_file(tmp_path, capsys):
     assert summary["status"] == "completed" and summary["steps"] == 12 and summary["tokens"] == 12 * 128
     assert summary["best_val_loss"] == min(float(r["val_loss"]) for r in rows if r["val_loss"])
     assert summary["best_val_step"] in eval_steps
-    for key in ("description", "wallclock_s", "compile_s", "final_train_loss", "final_val_loss",
-                "final_val_perplexity", "final_val_bpb", "mean_tokens_per_sec", "params_total",
-                "params_non_embedding", "device_kind", "device_count", "jax_version"):
+    for key in (
+        "description",
+        "wallclock_s",
+        "compile_s",
+        "final_train_loss",
+        "final_val_loss",
+        "final_val_perplexity",
+        "final_val_bpb",
+        "mean_tokens_per_sec",
+        "params_total",
+        "params_non_embedding",
+        "device_kind",
+        "device_count",
+        "jax_version",
+    ):
         assert summary.get(key) is not None, key
-    assert [line.split(" ")[2] for line in (run / "samples.txt").read_text().splitlines()
-            if line.startswith("=== step")] == ["6", "12"]
+    assert [
+        line.split(" ")[2] for line in (run / "samples.txt").read_text().splitlines() if line.startswith("=== step")
+    ] == ["6", "12"]
 
     for png in ("loss_curves.png", "lr_schedule.png"):
         image = mpimg.imread(run / png)
@@ -153,8 +209,16 @@ def test_resume_drops_later_rows_and_continues_the_clock(tmp_path):
     assert tuple(header) == METRIC_COLUMNS
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [float(r["wallclock_s"]) for r in rows][5:] == pytest.approx([0.6, 1.1, 1.6])
-    assert [json.loads(x)["step"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == \
-        [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [json.loads(x)["step"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+    ]
     assert "sample at 10" not in (tmp_path / "r" / "samples.txt").read_text()
     assert "sample at 5" in (tmp_path / "r" / "samples.txt").read_text()
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
@@ -173,9 +237,11 @@ def test_mfu_is_filled_when_the_device_peak_is_known(tmp_path):
 
 
 def test_tracking_imports_without_jax():
-    code = ("import sys, jaxlm.tracking, jaxlm.compare; "
-            "bad = [m for m in ('jax', 'matplotlib', 'tensorboardX') if m in sys.modules]; "
-            "sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, jaxlm.tracking, jaxlm.compare; "
+        "bad = [m for m in ('jax', 'matplotlib', 'tensorboardX') if m in sys.modules]; "
+        "sys.exit(1 if bad else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

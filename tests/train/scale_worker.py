@@ -18,9 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for help
 
 
 def run_one(values: dict) -> dict:
-    from jaxlm.config import build_config
     from helpers import RecordingTracker
-
+    from jaxlm.config import build_config
     from jaxlm.train.trainer import Trainer
 
     c = build_config(values)
@@ -28,12 +27,20 @@ def run_one(values: dict) -> dict:
     tracker = RecordingTracker("worker", tempfile.mkdtemp())  # checkpoints go there
     w1 = trainer.params["layers"][0]["ffn"]["w1"]["weight"][...]
     emb = trainer.params["token_embeddings"][...]
-    placement = {"w1_spec": list(w1.sharding.spec), "w1_shard_shapes": [list(s.data.shape) for s in w1.addressable_shards],
-                 "emb_spec": list(emb.sharding.spec)}  # read now: run() donates these buffers
+    placement = {
+        "w1_spec": list(w1.sharding.spec),
+        "w1_shard_shapes": [list(s.data.shape) for s in w1.addressable_shards],
+        "emb_spec": list(emb.sharding.spec),
+    }  # read now: run() donates these buffers
     result = trainer.run(tracker)
     rows = tracker.rows
-    return {"losses": [r["train_loss"] for r in rows], "val_loss": result.summary["final_val_loss"], **placement,
-            "device_count": result.summary["device_count"], "mesh_shape": result.summary["mesh_shape"]}
+    return {
+        "losses": [r["train_loss"] for r in rows],
+        "val_loss": result.summary["final_val_loss"],
+        **placement,
+        "device_count": result.summary["device_count"],
+        "mesh_shape": result.summary["mesh_shape"],
+    }
 
 
 def main() -> None:

@@ -11,8 +11,9 @@ from jaxlm.train.stopping import calibration_step, out_of_time, planned_steps
 
 
 def test_planned_steps_pays_for_steps_evals_and_recompile(tiny_config):
-    c = tiny_config(max_iterations=10_000, warmup_iters=5, eval_interval=100,
-                    max_wallclock_seconds=100.0, schedule_by="wallclock")
+    c = tiny_config(
+        max_iterations=10_000, warmup_iters=5, eval_interval=100, max_wallclock_seconds=100.0, schedule_by="wallclock"
+    )
     # 10 s spent, 2 s recompile, 1 s per eval (every 100 steps + the final one), 0.1 s per step
     steps = planned_steps(c, step=10, elapsed_s=10.0, step_s=0.1, eval_s=1.0, recompile_s=2.0)
     assert steps == 10 + int((100 - 10 - 2 - 1) / (0.1 + 1.0 / 100))
@@ -28,19 +29,37 @@ def test_run_stops_at_the_budget_and_records_the_sized_schedule(tmp_path, tiny_c
     tokens = np.random.default_rng(0).integers(0, 64, 20_000).astype(np.uint16)
     np.save(tmp_path / "train.npy", tokens)
     np.save(tmp_path / "val.npy", tokens[:2_000])
-    config = {**tiny_config().to_dict(), "vocab_size": 64, "max_iterations": 1_000_000, "eval_interval": 1_000_000,
-              "max_wallclock_seconds": 6.0, "schedule_by": "wallclock", "sample_tokens": 0,
-              "train_data_path": str(tmp_path / "train.npy"), "val_data_path": str(tmp_path / "val.npy")}
+    config = {
+        **tiny_config().to_dict(),
+        "vocab_size": 64,
+        "max_iterations": 1_000_000,
+        "eval_interval": 1_000_000,
+        "max_wallclock_seconds": 6.0,
+        "schedule_by": "wallclock",
+        "sample_tokens": 0,
+        "train_data_path": str(tmp_path / "train.npy"),
+        "val_data_path": str(tmp_path / "val.npy"),
+    }
     (tmp_path / "budget.json").write_text(json.dumps(config))
-    code = launch.main(["--config", str(tmp_path / "budget.json"), "--output-dir", str(tmp_path / "runs"),
-                        "--quiet", "--no-experiment-log"])
+    code = launch.main(
+        [
+            "--config",
+            str(tmp_path / "budget.json"),
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--quiet",
+            "--no-experiment-log",
+        ]
+    )
     assert code == 0
     run = tmp_path / "runs" / "budget"
     summary = json.loads((run / "summary.json").read_text())
     resolved = json.loads((run / "config.json").read_text())
     assert summary["status"] == "completed" and summary["stopped_by"] == "wallclock"
     assert 10 < summary["steps"] < 1_000_000
-    assert summary["wallclock_s"] < 6.0 + 5.0  # stops on time, give or take the last step and eval (slack for loaded CI)
+    assert (
+        summary["wallclock_s"] < 6.0 + 5.0
+    )  # stops on time, give or take the last step and eval (slack for loaded CI)
     # the schedule was sized to the budget and written down for a resume
     assert resolved["cosine_cycle_iters"] == resolved["max_iterations"] < 1_000_000
     assert summary["steps"] <= resolved["max_iterations"]

@@ -19,16 +19,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxlm.errors import UserError
 from jaxlm.tracking.protocol import NullTracker
 from jaxlm.train.distributed import launch_mode
-from jaxlm.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "local_multiprocess.sh"
-TINY = {"vocab_size": 300, "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "context_length": 32,
-        "batch_size": 8, "max_iterations": 20, "warmup_iters": 2, "learning_rate": 3e-3, "min_learning_rate": 3e-4,
-        "eval_interval": 10, "eval_batches": 2, "log_interval": 1, "sample_tokens": 8,
-        "mesh_fsdp": 2, "grad_accum_steps": 2}
+TINY = {
+    "vocab_size": 300,
+    "d_model": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "d_ff": 64,
+    "context_length": 32,
+    "batch_size": 8,
+    "max_iterations": 20,
+    "warmup_iters": 2,
+    "learning_rate": 3e-3,
+    "min_learning_rate": 3e-4,
+    "eval_interval": 10,
+    "eval_batches": 2,
+    "log_interval": 1,
+    "sample_tokens": 8,
+    "mesh_fsdp": 2,
+    "grad_accum_steps": 2,
+}
 
 
 def read_losses(run_dir: Path) -> tuple[list[float], list[float]]:
@@ -57,12 +72,22 @@ def test_two_processes_match_one_process_and_only_process_0_writes(tmp_path):
     for sub in ("one", "mp"):
         (tmp_path / sub).mkdir()
     # the 1-process x 4-device reference and the 2-process x 2-device run, side by side
-    single = subprocess.Popen(launch + ["--name", "ref"], cwd=tmp_path / "one", stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-    multi = subprocess.run(["bash", str(SCRIPT), "2", *launch, "--name", "mp"], cwd=tmp_path / "mp", capture_output=True,
-                           text=True, timeout=300,
-                           env={**env, "JAXLM_CPU_DEVICES": "2", "JAXLM_LOG_DIR": str(tmp_path / "logs")})
+    single = subprocess.Popen(
+        launch + ["--name", "ref"],
+        cwd=tmp_path / "one",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
+    multi = subprocess.run(
+        ["bash", str(SCRIPT), "2", *launch, "--name", "mp"],
+        cwd=tmp_path / "mp",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "JAXLM_CPU_DEVICES": "2", "JAXLM_LOG_DIR": str(tmp_path / "logs")},
+    )
     _, single_err = single.communicate(timeout=300)
     logs = "".join(p.read_text() for p in sorted((tmp_path / "logs").glob("*.log")))
     assert multi.returncode == 0, multi.stderr[-3000:] + logs[-3000:]

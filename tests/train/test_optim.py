@@ -46,7 +46,7 @@ class NumpyAdamW:
             g = grads[k]
             self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
             self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
-            alpha_t = lr * math.sqrt(1 - self.b2 ** t) / (1 - self.b1 ** t)
+            alpha_t = lr * math.sqrt(1 - self.b2**t) / (1 - self.b1**t)
             out[k] = theta - alpha_t * self.m[k] / (np.sqrt(self.v[k]) + self.eps) - lr * self.wd * theta
         return out
 
@@ -75,9 +75,17 @@ def assert_tree_close(got: dict, want: dict, rtol=1e-5, atol=1e-6):
 
 def cosine_schedule(a_max: float, a_min: float, t_w: int, t_c: int):
     """The run's optax schedule for these four numbers (the other keys do not enter it)."""
-    return learning_rate_schedule(build_config({"learning_rate": a_max, "min_learning_rate": a_min,
-                                                "warmup_iters": t_w, "cosine_cycle_iters": t_c,
-                                                "max_iterations": max(t_c, t_w, 1)}))
+    return learning_rate_schedule(
+        build_config(
+            {
+                "learning_rate": a_max,
+                "min_learning_rate": a_min,
+                "warmup_iters": t_w,
+                "cosine_cycle_iters": t_c,
+                "max_iterations": max(t_c, t_w, 1),
+            }
+        )
+    )
 
 
 def test_schedule_every_t_matches_formula():
@@ -108,7 +116,9 @@ def test_schedule_of_a_config_uses_cosine_cycle_iters(tiny_config):
     sched = learning_rate_schedule(c)
     for t in range(41):
         assert float(sched(t)) == pytest.approx(np_schedule(t, 2.0, 0.5, 4, 10), rel=1e-6, abs=1e-7), t
-    default = learning_rate_schedule(tiny_config(learning_rate=2.0, min_learning_rate=0.5, warmup_iters=4, max_iterations=40))
+    default = learning_rate_schedule(
+        tiny_config(learning_rate=2.0, min_learning_rate=0.5, warmup_iters=4, max_iterations=40)
+    )
     for t in range(41):
         assert float(default(t)) == pytest.approx(np_schedule(t, 2.0, 0.5, 4, 40), rel=1e-6, abs=1e-7), t
 
@@ -136,7 +146,9 @@ def test_one_adamw_step_matches_algorithm_1():
     # Step one of bias-corrected Adam moves every coordinate by ~lr (plus the decay): check that too.
     lr = np_sched(1)
     for k in params:
-        np.testing.assert_allclose(want[k], params[k] * (1 - lr * HP["weight_decay"]) - lr * np.sign(grads[k]), atol=1e-6)
+        np.testing.assert_allclose(
+            want[k], params[k] * (1 - lr * HP["weight_decay"]) - lr * np.sign(grads[k]), atol=1e-6
+        )
 
 
 def test_twenty_adamw_steps_match_algorithm_1():
@@ -169,6 +181,7 @@ def test_update_t_uses_schedule_of_t():
 
 # ---------------------------------------------------------------- the full chain: clip -> AdamW
 
+
 def test_clipping_scales_gradient_to_max_norm(tiny_config):
     c = tiny_config(grad_clip=0.5, beta1=0.9)
     tx = build_optimizer(c, learning_rate_schedule(c))
@@ -181,7 +194,9 @@ def test_clipping_scales_gradient_to_max_norm(tiny_config):
     norm = math.sqrt(sum(float(np.sum(g * g)) for g in seen.values()))
     assert norm == pytest.approx(0.5, abs=1e-6)
     for k in big:  # direction unchanged
-        np.testing.assert_allclose(seen[k], big[k] * 0.5 / math.sqrt(sum(np.sum(g * g) for g in big.values())), rtol=1e-5)
+        np.testing.assert_allclose(
+            seen[k], big[k] * 0.5 / math.sqrt(sum(np.sum(g * g) for g in big.values())), rtol=1e-5
+        )
 
 
 def test_small_gradient_is_not_clipped(tiny_config):
@@ -196,8 +211,18 @@ def test_small_gradient_is_not_clipped(tiny_config):
 
 
 def test_build_optimizer_twenty_steps_match_numpy_clip_then_adamw(tiny_config):
-    c = tiny_config(learning_rate=0.01, min_learning_rate=0.001, warmup_iters=3, max_iterations=20,
-                    cosine_cycle_iters=15, weight_decay=0.2, beta1=0.8, beta2=0.99, adam_eps=1e-6, grad_clip=2.0)
+    c = tiny_config(
+        learning_rate=0.01,
+        min_learning_rate=0.001,
+        warmup_iters=3,
+        max_iterations=20,
+        cosine_cycle_iters=15,
+        weight_decay=0.2,
+        beta1=0.8,
+        beta2=0.99,
+        adam_eps=1e-6,
+        grad_clip=2.0,
+    )
     tx = build_optimizer(c, learning_rate_schedule(c))
     update = jax.jit(tx.update)
     rng = np.random.default_rng(4)

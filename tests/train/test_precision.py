@@ -13,13 +13,27 @@ from flax import nnx
 
 from helpers import RecordingTracker, shared_token_cache
 from jaxlm.config import build_config
+from jaxlm.model.transformer import build_model, cross_entropy
 from jaxlm.tracking.tracker import mfu
 from jaxlm.train.hardware import device_peak, peak_flops
-from jaxlm.model.transformer import build_model, cross_entropy
 
-TINY = {"vocab_size": 300, "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "context_length": 32,
-        "batch_size": 8, "max_iterations": 50, "warmup_iters": 5, "learning_rate": 1e-2, "min_learning_rate": 1e-3,
-        "eval_interval": 50, "eval_batches": 2, "log_interval": 1, "sample_tokens": 0}
+TINY = {
+    "vocab_size": 300,
+    "d_model": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "d_ff": 64,
+    "context_length": 32,
+    "batch_size": 8,
+    "max_iterations": 50,
+    "warmup_iters": 5,
+    "learning_rate": 1e-2,
+    "min_learning_rate": 1e-3,
+    "eval_interval": 50,
+    "eval_batches": 2,
+    "log_interval": 1,
+    "sample_tokens": 0,
+}
 
 
 def equations(jaxpr) -> list:

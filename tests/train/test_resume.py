@@ -24,9 +24,9 @@ import pytest
 from flax import nnx
 
 from jaxlm import launch
-from jaxlm.train.checkpoint import RunCheckpoints, load
 from jaxlm.data.tokens import meta_path
 from jaxlm.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
+from jaxlm.train.checkpoint import RunCheckpoints, load
 
 TIMING_COLUMNS = ("wallclock_s", "tokens_per_sec", "mfu")
 LONG = 400  # steps of the runs that get signalled
@@ -35,8 +35,17 @@ LONG = 400  # steps of the runs that get signalled
 def write_tokens(path: Path, n: int, vocab: int = 256, seed: int = 0) -> Path:
     tokens = np.random.default_rng(seed).integers(0, vocab, n).astype(np.uint16)
     np.save(path, tokens)
-    meta_path(path).write_text(json.dumps({"vocab_size": vocab, "dtype": "uint16", "num_tokens": n,
-                                           "num_bytes": 3 * n, "max_token_id": int(tokens.max())}))
+    meta_path(path).write_text(
+        json.dumps(
+            {
+                "vocab_size": vocab,
+                "dtype": "uint16",
+                "num_tokens": n,
+                "num_bytes": 3 * n,
+                "max_token_id": int(tokens.max()),
+            }
+        )
+    )
     return path
 
 
@@ -48,7 +57,9 @@ def compile_cache(tmp_path_factory):
     before = {k: getattr(jax.config, k) for k in keys}
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    env_before = {k: os.environ.get(k) for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+    env_before = {
+        k: os.environ.get(k) for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    }
     os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     yield
     for k, v in before.items():
@@ -60,11 +71,24 @@ def compile_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
-    config = {"vocab_size": 256, "context_length": 16, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64,
-              "batch_size": 4, "max_iterations": 12, "cosine_cycle_iters": 12, "warmup_iters": 2,
-              "log_interval": 2, "eval_interval": 4, "checkpoint_interval": 6, "eval_batches": 2,
-              "train_data_path": str(write_tokens(d / "train.npy", 20_000)),
-              "val_data_path": str(write_tokens(d / "val.npy", 2_000, seed=1))}
+    config = {
+        "vocab_size": 256,
+        "context_length": 16,
+        "d_model": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "d_ff": 64,
+        "batch_size": 4,
+        "max_iterations": 12,
+        "cosine_cycle_iters": 12,
+        "warmup_iters": 2,
+        "log_interval": 2,
+        "eval_interval": 4,
+        "checkpoint_interval": 6,
+        "eval_batches": 2,
+        "train_data_path": str(write_tokens(d / "train.npy", 20_000)),
+        "val_data_path": str(write_tokens(d / "val.npy", 2_000, seed=1)),
+    }
     path = d / "tiny.json"
     path.write_text(json.dumps(config))
     return path
@@ -82,8 +106,9 @@ def resume(run_dir: Path, *args: str) -> int:
 def rows(run_dir: Path, after: int = -1) -> list[dict]:
     """metrics.csv rows (as raw strings) with step > after, timing columns removed."""
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS}
-                for r in csv.DictReader(f) if int(r["step"]) > after]
+        return [
+            {k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(f) if int(r["step"]) > after
+        ]
 
 
 def summary(run_dir: Path) -> dict:
@@ -125,11 +150,11 @@ def test_checkpoints_are_plain_orbax_and_load_returns_the_model(config_file, tmp
     # plain Orbax, no jaxlm: the arrays and the JSON metadata
     with ocp.CheckpointManager(run / "checkpoints") as mngr:
         assert mngr.latest_step() == 12
-        raw = mngr.restore(12, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
-                                                       meta=ocp.args.JsonRestore()))
+        raw = mngr.restore(12, args=ocp.args.Composite(params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     assert raw.meta["step"] == 12 and raw.meta["seed"] == config.seed
-    np.testing.assert_array_equal(np.asarray(raw.params["lm_head"]["weight"]["value"]),
-                                  np.asarray(model.lm_head.weight[...]))
+    np.testing.assert_array_equal(
+        np.asarray(raw.params["lm_head"]["weight"]["value"]), np.asarray(model.lm_head.weight[...])
+    )
     best_model, _ = load(run, "best")
     x = np.zeros((1, 16), np.int32)
     assert np.isfinite(np.asarray(best_model(x))).all()
@@ -146,9 +171,19 @@ def test_retention_keeps_latest_n_and_the_best(tmp_path):
 
 
 def test_divergence_stops_without_a_nan_checkpoint(config_file, tmp_path):
-    code = train(config_file, tmp_path, "hot", "learning_rate=300", "min_learning_rate=300", "warmup_iters=3",
-                 "grad_clip=1000", "max_iterations=200", "cosine_cycle_iters=null", "eval_interval=1",
-                 "checkpoint_interval=1000")
+    code = train(
+        config_file,
+        tmp_path,
+        "hot",
+        "learning_rate=300",
+        "min_learning_rate=300",
+        "warmup_iters=3",
+        "grad_clip=1000",
+        "max_iterations=200",
+        "cosine_cycle_iters=null",
+        "eval_interval=1",
+        "checkpoint_interval=1000",
+    )
     assert code == EXIT_DIVERGED
     run = tmp_path / "hot"
     s = summary(run)
@@ -167,9 +202,28 @@ def test_divergence_stops_without_a_nan_checkpoint(config_file, tmp_path):
 
 
 def start(config_file: Path, out: Path, name: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "jaxlm.launch", "--config", str(config_file), "--name", name,
-            "--output-dir", str(out), "--quiet", "--set", f"max_iterations={LONG}", "--set", f"cosine_cycle_iters={LONG}",
-            "--set", "log_interval=5", "--set", "eval_interval=100", "--set", "checkpoint_interval=40"]
+    argv = [
+        sys.executable,
+        "-m",
+        "jaxlm.launch",
+        "--config",
+        str(config_file),
+        "--name",
+        name,
+        "--output-dir",
+        str(out),
+        "--quiet",
+        "--set",
+        f"max_iterations={LONG}",
+        "--set",
+        f"cosine_cycle_iters={LONG}",
+        "--set",
+        "log_interval=5",
+        "--set",
+        "eval_interval=100",
+        "--set",
+        "checkpoint_interval=40",
+    ]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -192,8 +246,19 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: flo
 def reference(config_file, tmp_path_factory) -> Path:
     """The uninterrupted long run the signalled ones must match."""
     out = tmp_path_factory.mktemp("ref")
-    assert train(config_file, out, "ref", f"max_iterations={LONG}", f"cosine_cycle_iters={LONG}", "log_interval=5",
-                 "eval_interval=100", "checkpoint_interval=40") == EXIT_OK
+    assert (
+        train(
+            config_file,
+            out,
+            "ref",
+            f"max_iterations={LONG}",
+            f"cosine_cycle_iters={LONG}",
+            "log_interval=5",
+            "eval_interval=100",
+            "checkpoint_interval=40",
+        )
+        == EXIT_OK
+    )
     return out / "ref"
 
 

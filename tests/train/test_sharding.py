@@ -23,9 +23,23 @@ from jaxlm.errors import ConfigError
 from jaxlm.train.sharding import fsdp_spec, mesh_shape
 
 WORKER = Path(__file__).with_name("scale_worker.py")
-TINY = {"vocab_size": 300, "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "context_length": 32,
-        "batch_size": 8, "max_iterations": 20, "warmup_iters": 2, "learning_rate": 3e-3, "min_learning_rate": 3e-4,
-        "eval_interval": 20, "eval_batches": 2, "log_interval": 1, "sample_tokens": 0}
+TINY = {
+    "vocab_size": 300,
+    "d_model": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "d_ff": 64,
+    "context_length": 32,
+    "batch_size": 8,
+    "max_iterations": 20,
+    "warmup_iters": 2,
+    "learning_rate": 3e-3,
+    "min_learning_rate": 3e-4,
+    "eval_interval": 20,
+    "eval_batches": 2,
+    "log_interval": 1,
+    "sample_tokens": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +64,12 @@ def train_here(**overrides) -> tuple[list[float], float]:
 
 
 def run_worker(runs: dict, cache: Path, devices: int) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
-           "JAXLM_CACHE_DIR": str(cache)}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "JAXLM_CACHE_DIR": str(cache),
+    }
     spec = json.dumps({"config": TINY, "runs": runs})
     proc = subprocess.run([sys.executable, str(WORKER), spec], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,8 +82,9 @@ def assert_close(a, b, rtol=1e-5):
 
 def test_meshes_match_one_device_and_shard_params(cache_dir, reference):
     reference, reference_val = reference
-    out = run_worker({"dp4": {"mesh_data": 4, "mesh_fsdp": 1},
-                      "dp2_fsdp2": {"mesh_data": 2, "mesh_fsdp": 2}}, cache_dir, 4)
+    out = run_worker(
+        {"dp4": {"mesh_data": 4, "mesh_fsdp": 1}, "dp2_fsdp2": {"mesh_data": 2, "mesh_fsdp": 2}}, cache_dir, 4
+    )
     assert out["_devices"] == 4
     assert len(reference) == 20
     for name in ("dp4", "dp2_fsdp2"):
@@ -124,10 +143,16 @@ def test_mesh_shape_resolution_and_errors():
         mesh_shape(build_config({**TINY, "grad_accum_steps": 4}), 4)
 
 
-@pytest.mark.parametrize("bad, key", [({"mesh_data": 0}, "mesh_data"), ({"mesh_fsdp": -2}, "mesh_fsdp"),
-                                      ({"mesh_data": -1, "mesh_fsdp": -1}, "mesh_fsdp"),
-                                      ({"grad_accum_steps": 0}, "grad_accum_steps"),
-                                      ({"grad_accum_steps": 3}, "grad_accum_steps")])
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ({"mesh_data": 0}, "mesh_data"),
+        ({"mesh_fsdp": -2}, "mesh_fsdp"),
+        ({"mesh_data": -1, "mesh_fsdp": -1}, "mesh_fsdp"),
+        ({"grad_accum_steps": 0}, "grad_accum_steps"),
+        ({"grad_accum_steps": 3}, "grad_accum_steps"),
+    ],
+)
 def test_config_rejects_bad_scale_out_keys(bad, key):
     with pytest.raises(ConfigError, match=key):
         build_config({**TINY, **bad})
@@ -138,8 +163,9 @@ def test_launch_rejects_a_mesh_that_does_not_fit_before_writing(tmp_path, cache_
 
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
-    code = launch.main(["--config", str(config), "--output-dir", str(tmp_path / "runs"), "--quiet",
-                        "--set", "mesh_data=3"])
+    code = launch.main(
+        ["--config", str(config), "--output-dir", str(tmp_path / "runs"), "--quiet", "--set", "mesh_data=3"]
+    )
     assert code == 2
     assert "mesh_data" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
