@@ -114,7 +114,7 @@ def bench_point(c, steps: int, warmup: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxlm.tracking.tracker import mfu
+    from jaxlm.tracking.records import mfu
     from jaxlm.train.flops import flops_per_token
     from jaxlm.train.hardware import peak_flops_for
     from jaxlm.train.optim import build_optimizer, learning_rate_schedule

@@ -11,14 +11,10 @@ use it.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import datetime as dt
 import json
 import logging
 import math
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,71 +23,20 @@ from typing import Any
 
 from jaxlm.tracking import explog, plots
 from jaxlm.tracking.fmt import as_float, json_safe, write_json
+from jaxlm.tracking.records import (
+    META_KEYS,
+    METRIC_COLUMNS,
+    STATUSES,
+    MetricFiles,
+    config_to_dict,
+    mfu,
+    run_metadata,
+    summary_from_rows,
+    trim_samples,
+)
 from jaxlm.tracking.runs import read_rows
 
 log = logging.getLogger(__name__)
-
-METRIC_COLUMNS = (
-    "step",
-    "tokens",
-    "wallclock_s",
-    "train_loss",
-    "val_loss",
-    "val_perplexity",
-    "val_bpb",
-    "learning_rate",
-    "grad_norm",
-    "tokens_per_sec",
-    "mfu",
-)
-STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
-# keys the tracker writes into config.json beside the run's config (jaxlm.config.RUN_METADATA_KEYS
-# lists the same keys, so a run's config.json can be read back as a config; a test keeps them equal)
-META_KEYS = ("name", "jaxlm_version", "git_commit", "git_dirty", "start_time", "config_file", "overrides")
-
-
-def mfu(
-    tokens_per_sec: float, flops_per_token: float, device_count: int, peak_per_device: float | None
-) -> float | None:
-    """Model-FLOPs utilisation in [0, 1]: achieved model FLOP/s over the devices' peak (jaxlm.train.hardware
-    has the peak table); None when the peak is unknown."""
-    if peak_per_device is None or not tokens_per_sec > 0:
-        return None
-    return tokens_per_sec * flops_per_token / (device_count * peak_per_device)
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A dict from a dict, a dataclass (jaxlm Config, ExperimentConfig) or any object with attributes."""
-    if config is None:
-        return {}
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return dataclasses.asdict(config)
-    if isinstance(config, dict):
-        return dict(config)
-    return {k: v for k, v in vars(config).items() if not k.startswith("_")}
-
-
-def run_metadata() -> dict[str, Any]:
-    """jaxlm version, the git commit of the current working tree (when there is one), start time."""
-    try:
-        from importlib.metadata import version
-
-        jaxlm_version = version("jaxlm")
-    except Exception:
-        jaxlm_version = "unknown"
-    commit, dirty = None, None
-    try:
-        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, timeout=10, check=True).stdout
-        commit = git("rev-parse", "HEAD").strip() or None
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "jaxlm_version": jaxlm_version,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "start_time": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
 
 
 def _safely(what: str, fn: Callable[[], Any]) -> None:
@@ -174,7 +119,7 @@ class ExperimentTracker:
         self.rows: list[dict[str, Any]] = []
         meta = {"name": self.name, **run_metadata(), "config_file": self.config_file, "overrides": self.overrides}
         write_json(self.run_dir / "config.json", {**self.config, **meta})
-        self._open_metric_files("w")
+        self.files = MetricFiles(self.run_dir, "w")
         self.summary: dict[str, Any] = {
             "name": self.name,
             "description": self.config.get("description", ""),
@@ -188,15 +133,8 @@ class ExperimentTracker:
         self.rows = [r for r in read_rows(self.run_dir) if int(r["step"]) <= from_step]
         if self.rows:
             self.wallclock_offset = float(as_float(self.rows[-1].get("wallclock_s")) or 0.0)
-        self._open_metric_files("w", suffix=".tmp")  # kept rows into temp files, swapped in whole, then append
-        for row in self.rows:
-            self._write_row(row)
-        self._csv_file.close()
-        self._jsonl.close()
-        for name in ("metrics.csv", "metrics.jsonl"):
-            os.replace(self.run_dir / f"{name}.tmp", self.run_dir / name)
-        self._open_metric_files("a")
-        self._trim_samples(from_step)
+        self.files = MetricFiles.rewrite(self.run_dir, self.rows)
+        trim_samples(self.run_dir, from_step)
         summary_path = self.run_dir / "summary.json"
         self.summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"name": self.name}
         self.summary.update(
@@ -212,22 +150,6 @@ class ExperimentTracker:
         self.config.update(fields)
         stored = json.loads((self.run_dir / "config.json").read_text())
         write_json(self.run_dir / "config.json", {**stored, **fields})
-
-    def _open_metric_files(self, mode: str, suffix: str = "") -> None:
-        """Open metrics.csv/.jsonl: "w" starts them (CSV header included), "a" appends."""
-        self._csv_file = open(self.run_dir / f"metrics.csv{suffix}", mode, newline="")
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        if mode == "w":
-            self._csv.writeheader()
-            self._csv_file.flush()
-        self._jsonl = open(self.run_dir / f"metrics.jsonl{suffix}", mode)
-
-    def _trim_samples(self, from_step: int) -> None:
-        path = self.run_dir / "samples.txt"
-        if not path.is_file():
-            return
-        kept = [e for e in path.read_text().split("=== step ")[1:] if int(e.split(" ", 1)[0]) <= from_step]
-        path.write_text("".join("=== step " + e for e in kept))
 
     # --- logging ---------------------------------------------------------------------------------
 
@@ -269,18 +191,12 @@ class ExperimentTracker:
         ordered.update({k: v for k, v in row.items() if k not in ordered})
         row = {k: json_safe(v) for k, v in ordered.items()}
         self.rows.append(row)
-        self._write_row(row)
+        self.files.write(row)
         if self.tb is not None:
             _safely("TensorBoard scalars", lambda: self.tb.log_row(row))
         if val_loss is not None:
             self.refresh()
         return row
-
-    def _write_row(self, row: dict[str, Any]) -> None:
-        self._csv.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-        self._csv_file.flush()
-        self._jsonl.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
-        self._jsonl.flush()
 
     def _tokens_per_step(self) -> int | None:
         c = self.config
@@ -334,36 +250,6 @@ class ExperimentTracker:
 
     # --- the end ---------------------------------------------------------------------------------
 
-    def results_from_rows(self) -> dict[str, Any]:
-        """Summary fields as the rows give them (a caller of `finalize` may pass better ones)."""
-        if not self.rows:
-            return {}
-        last = self.rows[-1]
-        val_rows = [r for r in self.rows if as_float(r.get("val_loss")) is not None]
-        finite_val = [r for r in val_rows if math.isfinite(as_float(r["val_loss"]))]
-        best = min(finite_val, key=lambda r: as_float(r["val_loss"])) if finite_val else None
-        train = [r["train_loss"] for r in self.rows if r.get("train_loss") is not None]
-        speeds = [r["tokens_per_sec"] for r in self.rows if isinstance(r.get("tokens_per_sec"), (int, float))]
-        mfus = [r["mfu"] for r in self.rows if isinstance(r.get("mfu"), (int, float))]
-        out = {
-            "steps": last["step"],
-            "tokens": last.get("tokens"),
-            "wallclock_s": last.get("wallclock_s"),
-            "final_train_loss": train[-1] if train else None,
-            "best_val_loss": best["val_loss"] if best else None,
-            "best_val_step": best["step"] if best else None,
-            "mean_tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
-            "mfu": sum(mfus) / len(mfus) if mfus else None,
-        }
-        if val_rows:
-            v = val_rows[-1]
-            out.update(
-                final_val_loss=v["val_loss"],
-                final_val_perplexity=v.get("val_perplexity"),
-                final_val_bpb=v.get("val_bpb"),
-            )
-        return out
-
     def finalize(self, status: str = "completed", **fields: Any) -> dict[str, Any]:
         """Close the run: summary.json with `status`, final metrics.json, plots, TensorBoard hparams and
         an EXPERIMENT_LOG.md entry. A second call only updates summary.json."""
@@ -375,7 +261,7 @@ class ExperimentTracker:
         self._closed = True
         if fields.get("wallclock_s") is not None:
             fields["wallclock_s"] = float(fields["wallclock_s"]) + self.wallclock_offset
-        derived = self.results_from_rows()
+        derived = summary_from_rows(self.rows)
         merged = {**derived, **{k: v for k, v in fields.items() if v is not None}}
         for key in ("best_val_loss", "best_val_step"):  # every row counts, not just those since a resume
             if derived.get("best_val_loss") is not None:
@@ -385,8 +271,7 @@ class ExperimentTracker:
         self.write_summary(
             status=status, end_time=dt.datetime.now().astimezone().isoformat(timespec="seconds"), **merged
         )
-        self._csv_file.close()
-        self._jsonl.close()
+        self.files.close()
         self.refresh()
         self.write_summary(tracking_refresh_s=round(self.refresh_total_s, 3))
         if self.tb is not None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxlm.config import Config
 from jaxlm.tracking.protocol import RunTracker
-from jaxlm.tracking.tracker import mfu
+from jaxlm.tracking.records import mfu
 from jaxlm.train.flops import flops_per_token
 from jaxlm.train.stopping import DivergenceGuard
 

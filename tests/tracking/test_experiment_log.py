@@ -14,7 +14,7 @@ import time
 import pytest
 
 from jaxlm import launch
-from jaxlm.train import trainer as train
+from jaxlm.train import loop, trainer
 
 CONFIG = {
     "description": "log test",
@@ -47,7 +47,7 @@ def fake_train(fail_at=None):
                 evals = {"val_loss": 4.0 / step, "val_bpb": 1.0 / step} if step % config.eval_interval == 0 else {}
                 tracker.log_step(step, train_loss=5.0 / step, learning_rate=config.learning_rate, **evals)
             summary = tracker.finalize("completed", compile_s=0.5, wallclock_s=1.5)
-            return train.RunResult("completed", summary, None)
+            return loop.RunResult("completed", summary, None)
 
     return FakeTrainer
 
@@ -56,7 +56,7 @@ def fake_train(fail_at=None):
 def project(tmp_path, monkeypatch):
     (tmp_path / "cfg.json").write_text(json.dumps(CONFIG))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train, "Trainer", fake_train())
+    monkeypatch.setattr(trainer, "Trainer", fake_train())
     return tmp_path
 
 
@@ -104,7 +104,7 @@ def test_log_path_option_and_opt_out(project):
 
 
 def test_a_failed_run_is_logged_too(project, monkeypatch):
-    monkeypatch.setattr(train, "Trainer", fake_train(fail_at=5))
+    monkeypatch.setattr(trainer, "Trainer", fake_train(fail_at=5))
     with pytest.raises(RuntimeError):
         launch.main(["--config", "cfg.json", "--name", "boom", "--quiet"])
     text = (project / "EXPERIMENT_LOG.md").read_text()

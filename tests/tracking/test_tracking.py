@@ -256,6 +256,6 @@ def test_lr_plot_draws_the_planned_numbers_it_was_given(tmp_path):
 def test_run_metadata_keys_match_the_config_reader():
     """The tracker writes these keys beside the config; jaxlm.config skips the same keys when reading."""
     from jaxlm.config import RUN_METADATA_KEYS
-    from jaxlm.tracking.tracker import META_KEYS
+    from jaxlm.tracking.records import META_KEYS
 
     assert tuple(META_KEYS) == tuple(RUN_METADATA_KEYS)

@@ -14,7 +14,7 @@ from flax import nnx
 from helpers import RecordingTracker, shared_token_cache
 from jaxlm.config import build_config
 from jaxlm.model.transformer import build_model, cross_entropy
-from jaxlm.tracking.tracker import mfu
+from jaxlm.tracking.records import mfu
 from jaxlm.train.hardware import device_peak, peak_flops
 
 TINY = {

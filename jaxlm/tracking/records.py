@@ -1,0 +1,155 @@
+"""The files a run's rows go to, and what a run records about itself.
+
+Rows go to `metrics.csv` and `metrics.jsonl`, flushed one by one, so a crashed
+run keeps everything it logged. No JAX here.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from jaxlm.tracking.fmt import as_float
+
+METRIC_COLUMNS = (
+    "step",
+    "tokens",
+    "wallclock_s",
+    "train_loss",
+    "val_loss",
+    "val_perplexity",
+    "val_bpb",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_sec",
+    "mfu",
+)
+STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+# keys the tracker writes into config.json beside the run's config (jaxlm.config.RUN_METADATA_KEYS
+# lists the same keys, so a run's config.json can be read back as a config; a test keeps them equal)
+META_KEYS = ("name", "jaxlm_version", "git_commit", "git_dirty", "start_time", "config_file", "overrides")
+
+
+def mfu(
+    tokens_per_sec: float, flops_per_token: float, device_count: int, peak_per_device: float | None
+) -> float | None:
+    """Model-FLOPs utilisation in [0, 1]: achieved model FLOP/s over the devices' peak (jaxlm.train.hardware
+    has the peak table); None when the peak is unknown."""
+    if peak_per_device is None or not tokens_per_sec > 0:
+        return None
+    return tokens_per_sec * flops_per_token / (device_count * peak_per_device)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A dict from a dict, a dataclass (jaxlm Config, ExperimentConfig) or any object with attributes."""
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if isinstance(config, dict):
+        return dict(config)
+    return {k: v for k, v in vars(config).items() if not k.startswith("_")}
+
+
+def run_metadata() -> dict[str, Any]:
+    """jaxlm version, the git commit of the current working tree (when there is one), start time."""
+    try:
+        from importlib.metadata import version
+
+        jaxlm_version = version("jaxlm")
+    except Exception:
+        jaxlm_version = "unknown"
+    commit, dirty = None, None
+    try:
+        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = git("rev-parse", "HEAD").strip() or None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "jaxlm_version": jaxlm_version,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "start_time": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+class MetricFiles:
+    """metrics.csv and metrics.jsonl of one run, open for appending rows."""
+
+    def __init__(self, run_dir: Path, mode: str, suffix: str = ""):
+        """Open both files: mode "w" starts them (CSV header included), "a" appends."""
+        self.csv_file = open(run_dir / f"metrics.csv{suffix}", mode, newline="")
+        self.csv = csv.DictWriter(self.csv_file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        if mode == "w":
+            self.csv.writeheader()
+            self.csv_file.flush()
+        self.jsonl = open(run_dir / f"metrics.jsonl{suffix}", mode)
+
+    @classmethod
+    def rewrite(cls, run_dir: Path, rows: list[dict[str, Any]]) -> MetricFiles:
+        """Replace both files with `rows` (written to temporary files and swapped in whole), then append."""
+        files = cls(run_dir, "w", suffix=".tmp")
+        for row in rows:
+            files.write(row)
+        files.close()
+        for name in ("metrics.csv", "metrics.jsonl"):
+            os.replace(run_dir / f"{name}.tmp", run_dir / name)
+        return cls(run_dir, "a")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.csv.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+        self.csv_file.flush()
+        self.jsonl.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        self.csv_file.close()
+        self.jsonl.close()
+
+
+def trim_samples(run_dir: Path, from_step: int) -> None:
+    """Drop samples.txt entries written after `from_step` (a resume rewrites that future)."""
+    path = run_dir / "samples.txt"
+    if not path.is_file():
+        return
+    kept = [e for e in path.read_text().split("=== step ")[1:] if int(e.split(" ", 1)[0]) <= from_step]
+    path.write_text("".join("=== step " + e for e in kept))
+
+
+def summary_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summary fields as the rows give them (a caller of `finalize` may pass better ones)."""
+    if not rows:
+        return {}
+    last = rows[-1]
+    val_rows = [r for r in rows if as_float(r.get("val_loss")) is not None]
+    finite_val = [r for r in val_rows if math.isfinite(as_float(r["val_loss"]))]
+    best = min(finite_val, key=lambda r: as_float(r["val_loss"])) if finite_val else None
+    train = [r["train_loss"] for r in rows if r.get("train_loss") is not None]
+    speeds = [r["tokens_per_sec"] for r in rows if isinstance(r.get("tokens_per_sec"), (int, float))]
+    mfus = [r["mfu"] for r in rows if isinstance(r.get("mfu"), (int, float))]
+    out = {
+        "steps": last["step"],
+        "tokens": last.get("tokens"),
+        "wallclock_s": last.get("wallclock_s"),
+        "final_train_loss": train[-1] if train else None,
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_step": best["step"] if best else None,
+        "mean_tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
+        "mfu": sum(mfus) / len(mfus) if mfus else None,
+    }
+    if val_rows:
+        v = val_rows[-1]
+        out.update(
+            final_val_loss=v["val_loss"],
+            final_val_perplexity=v.get("val_perplexity"),
+            final_val_bpb=v.get("val_bpb"),
+        )
+    return out
