@@ -26,62 +26,111 @@ class Config:
 
     # --- the seed's keys ---
     description: str = ""
+    """What this run tests: the hypothesis, shown in the summary and the experiment log."""
     dataset: str = "tinystories-sample"
+    """Dataset name; the bundled `tinystories-sample` is used when both data paths are null."""
     vocab_size: int = 10000
+    """Tokenizer and embedding size, `<|endoftext|>` included (byte-level BPE needs at least 257)."""
     context_length: int = 256
+    """Tokens per training window."""
     d_model: int = 512
+    """Width of the residual stream."""
     num_layers: int = 4
+    """Number of transformer blocks."""
     num_heads: int = 16
+    """Attention heads; must divide `d_model`, and with RoPE the head dimension must be even."""
     d_ff: int | None = 1344
+    """Feed-forward hidden size; null = 8/3 `d_model` rounded to a multiple of 64 (SwiGLU) or 4 `d_model` (SiLU)."""
     rope_theta: float = 10000.0
+    """RoPE base theta: pair j rotates with inverse frequency theta^(-2j/d)."""
     batch_size: int = 32
+    """Sequences per optimizer step: the global batch, over all devices and micro-batches."""
     max_iterations: int = 5000
+    """Optimizer steps to train."""
     learning_rate: float = 1e-3
+    """Peak learning rate, reached at the end of warmup."""
     min_learning_rate: float = 1e-4
+    """Final learning rate, at and after `cosine_cycle_iters`; at most `learning_rate`."""
     warmup_iters: int = 100
+    """Steps of linear warmup from 0 to `learning_rate`; at most `max_iterations`."""
     weight_decay: float = 0.1
+    """Decoupled AdamW weight decay: each step scales the weights by (1 - lr x weight_decay)."""
     beta1: float = 0.9
+    """AdamW decay rate of the first moment (the gradient mean)."""
     beta2: float = 0.95
+    """AdamW decay rate of the second moment (the squared gradient)."""
     grad_clip: float = 1.0
+    """Gradients are scaled down to this global L2 norm when their norm is above it."""
     train_data_path: str | None = None
+    """Training text (`.txt`) or token file (`.npy`); null = the bundled dataset."""
     val_data_path: str | None = None
+    """Validation text (`.txt`) or token file (`.npy`); null = the bundled dataset."""
     device: Literal["cpu", "gpu", "tpu"] | None = None
+    """Backend to run on; null = JAX's default."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of matmuls and attention; params, norms, softmax, logits and loss stay float32."""
     seed: int = 0
+    """Seeds the parameter init and the batch order (`batch_at(seed, step)`); training uses no other randomness."""
     log_interval: int = 10
+    """Steps between logged metric rows."""
     eval_interval: int = 500
+    """Steps between evaluations; there is always one at the end."""
     checkpoint_interval: int = 1000
+    """Steps between periodic checkpoints."""
 
     # --- training details ---
     eval_batches: int = 20
-    cosine_cycle_iters: int | None = None  # default: max_iterations
+    """Fixed validation batches per evaluation, the same ones every time so evaluations compare."""
+    cosine_cycle_iters: int | None = None
+    """Step where the cosine reaches `min_learning_rate`; null = `max_iterations`."""
     adam_eps: float = 1e-8
+    """AdamW epsilon, added to the square root of the second moment to avoid dividing by zero."""
     sample_tokens: int = 96
+    """Tokens generated for the text sample at each evaluation; 0 = no samples."""
     sample_prompt: str = "Once upon a time"
-    init_from: str | None = None  # .safetensors with CS336 names (jaxlm.export) to start from
+    """Prompt of those samples."""
+    init_from: str | None = None
+    """Start from these weights: a `.safetensors` file with the CS336 PyTorch names (as `jaxlm.export` writes);
+    its shapes must match the config."""
 
     # --- wall-clock budget ---
-    max_wallclock_seconds: float | None = None  # stop training (cleanly) once this much time is spent
-    schedule_by: Literal["steps", "wallclock"] = "steps"  # "wallclock": cosine sized to end with the budget
+    max_wallclock_seconds: float | None = None
+    """Training-time budget (evals included, compile excluded); when spent, the run stops cleanly with a final
+    eval, status `completed` and `stopped_by: "wallclock"`."""
+    schedule_by: Literal["steps", "wallclock"] = "steps"
+    """`"wallclock"`: after timing the first steps, size `cosine_cycle_iters` and `max_iterations` so the cosine
+    ends with `max_wallclock_seconds` (the values chosen go into config.json)."""
 
     # --- checkpoints and run safety ---
-    keep_checkpoints: int = 3  # latest periodic checkpoints kept (the best-by-val one is kept besides)
-    divergence_factor: float = 3.0  # stop when loss > factor x initial loss after warmup (or NaN/inf)
+    keep_checkpoints: int = 3
+    """Latest periodic checkpoints kept; the best-by-validation one is kept besides."""
+    divergence_factor: float = 3.0
+    """Stop as `diverged` when a loss after warmup exceeds this many times the initial loss (NaN/inf always stops)."""
 
     # --- architecture ablations (CS336 section 7); defaults are the baseline ---
     norm: Literal["rmsnorm", "none"] = "rmsnorm"
+    """Ablation: RMSNorm (eps 1e-5, in float32) or no normalization."""
     norm_position: Literal["pre", "post"] = "pre"
+    """Ablation: pre-norm `x + f(norm(x))` or post-norm `norm(x + f(x))`."""
     position_embedding: Literal["rope", "none"] = "rope"
+    """Ablation: RoPE or no position information (NoPE; causal masking is the only position signal)."""
     ffn: Literal["swiglu", "silu"] = "swiglu"
+    """Ablation: SwiGLU `w2(silu(w1 x) * w3 x)` or SiLU `w2(silu(w1 x))`."""
     tie_embeddings: bool = False
+    """Ablation: reuse the token embedding as the LM head."""
 
     # --- kernels ---
-    attention: Literal["auto", "jaxlm"] = "auto"  # auto: cuDNN flash attention for bf16/fp16 on NVIDIA GPUs
+    attention: Literal["auto", "jaxlm"] = "auto"
+    """`"auto"`: cuDNN flash attention for bf16/fp16 on NVIDIA GPUs, jaxlm's kernel elsewhere; `"jaxlm"`: always
+    jaxlm's kernel."""
 
-    # --- scale-out (jaxlm/sharding.py): device mesh and micro-batching ---
-    mesh_data: int = -1  # data-parallel axis size; -1 = all devices not used by the other axis
-    mesh_fsdp: int = 1  # axis that params and optimizer state are sharded over; -1 = all remaining
-    grad_accum_steps: int = 1  # micro-batches per update (batch_size is the global batch)
+    # --- scale-out (jaxlm/train/sharding.py): device mesh and micro-batching ---
+    mesh_data: int = -1
+    """Size of the mesh's data-parallel axis; -1 = all devices the other axis leaves."""
+    mesh_fsdp: int = 1
+    """Size of the mesh axis params and optimizer state are sharded over (FSDP); -1 = all remaining devices."""
+    grad_accum_steps: int = 1
+    """Micro-batches per update, accumulated inside the jitted step; the update equals the full-batch one."""
 
     @property
     def head_dim(self) -> int:
