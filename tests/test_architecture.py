@@ -23,7 +23,7 @@ ALLOWED = {
     "api": {"config", "errors", "data", "model", "train", "rundir"},
     "commands": {"api", "config", "errors", "runtime", "rundir", "data", "model", "train", "tracking"},
 }
-MAX_LINES = 300
+MAX_LINES = 300  # of code: blank lines and documentation strings do not count
 
 
 def room(module: str) -> str:
@@ -98,6 +98,16 @@ def test_top_level_is_the_commands_and_a_few_core_modules():
     }
 
 
+def code_lines(source: str) -> int:
+    """Lines that are neither blank nor part of a documentation string (a string statement)."""
+    doc = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            doc.update(range(node.lineno, node.end_lineno + 1))
+    return sum(1 for i, line in enumerate(source.splitlines(), 1) if line.strip() and i not in doc)
+
+
 def test_modules_stay_short():
-    long = [f"{p.relative_to(REPO_ROOT)}: {n}" for p in package_files() if (n := len(p.read_text().splitlines())) > MAX_LINES]
+    sizes = {p: code_lines(p.read_text()) for p in package_files()}
+    long = [f"{p.relative_to(REPO_ROOT)}: {n}" for p, n in sizes.items() if n > MAX_LINES]
     assert not long, f"modules over {MAX_LINES} lines (split them by job): " + ", ".join(long)
