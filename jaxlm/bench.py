@@ -1,4 +1,5 @@
-"""Train-step speed benchmark: one JSON line per point, comparable with ../shared/bench/torch_reference.py.
+"""Train-step speed benchmark: one JSON line per point, comparable with the PyTorch reference script
+(kept outside the repository).
 
     python -m jaxlm.bench --config configs/quickstart.json --steps 10 [--batch-size B] [--dtype bfloat16]
     python -m jaxlm.bench --suite [--steps N] [--dtype bfloat16]      # quickstart and 17M, two batches each

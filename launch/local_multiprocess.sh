@@ -3,7 +3,7 @@
 #
 # Needs: only the project (`uv sync`). On CPU the processes talk through Gloo (built into
 # jaxlib); on a multi-GPU box, give each process its GPU with JAX_LOCAL_DEVICE_IDS or
-# CUDA_VISIBLE_DEVICES in the command. This is what tests/test_multihost.py runs, and the
+# CUDA_VISIBLE_DEVICES in the command. This is what tests/train/test_multihost.py runs, and the
 # quickest way to try multi-host mechanics on a laptop.
 #
 # Usage:

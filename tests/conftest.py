@@ -14,6 +14,10 @@ from helpers import TINY_MODEL
 from jaxlm.config import Config, build_config
 
 
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/ from this run")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_compilation_cache(tmp_path_factory):
     """One persistent XLA compilation cache for the whole session, in-process and for subprocesses
