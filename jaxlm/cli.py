@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         sys.exit(0)
     if argv[0] not in COMMANDS:
-        print(f"error: unknown command '{argv[0]}'\n{usage()}", file=sys.stderr)
+        print(f"error: unknown command '{argv[0]}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         sys.exit(2)
     from jaxlm.runtime import run_command
 

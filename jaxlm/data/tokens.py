@@ -197,9 +197,9 @@ def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndar
     From a memory-mapped token file each window is read with `os.pread`, not
     through the mapping. Reading through the mapping maps the kernel's whole
     read-ahead block around each window into the process (up to 2 MiB per
-    window on Linux). A run's resident memory then creeps toward the size of its
-    training file: +498 MB after 336 windows of a 4 GB file, measured with
-    `python -m jaxlm.bench --memory`. pread copies only the window.
+    window on Linux), so a run's resident memory creeps toward the size of its
+    training file (docs/performance.md, "Memory: token files are never read whole"). pread copies
+    only the window.
     """
     if not (isinstance(tokens, np.memmap) and isinstance(tokens.base, mmap.mmap) and tokens.filename):
         return np.asarray(tokens[np.asarray(starts)[:, None] + np.arange(length)], dtype=np.int32)

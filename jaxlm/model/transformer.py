@@ -190,7 +190,7 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
     """Mean next-token negative log-likelihood in nats, computed in float32.
 
     As logsumexp minus the target's logit: never materialises the (B, T, V)
-    log-probabilities, which saves ~9% of a quickstart train step on the CPU."""
+    log-probabilities (cheaper on the CPU; see docs/performance.md)."""
     logits = logits_BxTxV.astype(jnp.float32)
     target_logit_BxT = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target_logit_BxT)
