@@ -18,6 +18,7 @@ from pathlib import Path
 
 from jaxlm.config import FIELDS, Config, build_config, config_values, parse_override
 from jaxlm.errors import ConfigError, UserError
+from jaxlm.tracking.fmt import write_json
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._=-]+$")
 
@@ -76,9 +77,7 @@ class RunDir:
         """Rewrite config.json with `config`'s values, keeping the run metadata (atomic)."""
         raw = self.raw_config()
         raw.update(config.to_dict())
-        tmp = self.config_path.with_name(self.CONFIG + ".tmp")
-        tmp.write_text(json.dumps(raw, indent=2) + "\n")
-        os.replace(tmp, self.config_path)
+        write_json(self.config_path, raw)
 
 
 def parse_checkpoint(text: str) -> str | int:
