@@ -78,6 +78,17 @@ def test_quick_training_on_bundled_sample_lowers_loss(tmp_path, capsys):
     assert summary["best_val_loss"] == pytest.approx(min(val))
     assert summary["final_val_bpb"] == pytest.approx(float(val_rows[-1]["val_bpb"]))
 
+    # The public Python API on the same run: model, tokenizer, samples, a loss.
+    import jaxlm
+
+    model, config = jaxlm.load_run(run_dir, checkpoint="best")
+    tokenizer = jaxlm.load_tokenizer(run_dir)
+    ids = np.asarray([tokenizer.encode("Once upon a time there was a girl.").ids[:17]])
+    assert model(ids[:, :-1]).shape == (1, ids.shape[1] - 1, config.vocab_size)
+    assert jaxlm.evaluate_loss(model, ids) < math.log(300)
+    texts = jaxlm.sample(model, tokenizer, "Once upon a time", max_new_tokens=8, num_samples=2, temperature=0)
+    assert len(texts) == 2 and texts[0] == texts[1] and texts[0].startswith("Once upon a time")
+
     samples = (run_dir / "samples.txt").read_text()
     assert "=== step 20" in samples and "=== step 40" in samples and "Once upon a time" in samples
     assert "validation loss:" in stdout and "bits/byte" in stdout and str(run_dir) in stdout
