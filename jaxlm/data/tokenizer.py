@@ -65,3 +65,47 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 def decode(tok: Tokenizer, ids: list[int]) -> str:
     """Decode keeping special tokens, so decode(encode(text)) == text."""
     return tok.decode(ids, skip_special_tokens=False)
+
+
+def special_tokens_of(tok: Tokenizer) -> list[str]:
+    """The tokenizer's special tokens in id order (the first is the end-of-text token jaxlm uses)."""
+    return [t.content for _, t in sorted(tok.get_added_tokens_decoder().items()) if t.special]
+
+
+def end_of_text(tok: Tokenizer) -> str:
+    """The token that joins documents and stops generation: the first special token."""
+    specials = special_tokens_of(tok)
+    if not specials:
+        raise DataError("tokenizer: has no special token to use as end of text")
+    return specials[0]
+
+
+def hf_tokenizer_files(tok: Tokenizer, model_max_length: int) -> dict[str, dict]:
+    """{file name: JSON} that `transformers.AutoTokenizer.from_pretrained` loads as a PreTrainedTokenizerFast:
+    tokenizer.json as is, bos/eos/unk/pad = the end-of-text token, no BOS added, no space clean-up."""
+    import json
+
+    specials = special_tokens_of(tok)
+    eot = end_of_text(tok)
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "added_tokens_decoder": {str(tok.token_to_id(t)): {"content": t, **flags} for t in specials},
+        "bos_token": eot,
+        "eos_token": eot,
+        "unk_token": eot,
+        "pad_token": eot,
+        "additional_special_tokens": specials[1:],
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length,
+    }
+    special_map = {"bos_token": eot, "eos_token": eot, "unk_token": eot, "pad_token": eot}
+    if specials[1:]:
+        special_map["additional_special_tokens"] = specials[1:]
+    return {
+        TOKENIZER_FILE: json.loads(tok.to_str()),
+        "tokenizer_config.json": tokenizer_config,
+        "special_tokens_map.json": special_map,
+    }
