@@ -60,7 +60,7 @@ def read_offline_run(run_dir: Path) -> dict:
                 result["config"].update(rec["config"].get("update", {}))
             elif kind == "exit":
                 result["exits"].append(rec["exit"].get("exit_code", 0))
-            elif kind == "run_table":
+            elif kind == "artifact" and rec["artifact"].get("type") == "run_table":  # a logged wandb.Table
                 result["tables"] += 1
     return result
 

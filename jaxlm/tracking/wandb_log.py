@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import secrets
+import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,11 @@ def has_api_key() -> bool:
         return False
 
 
+def new_run_id() -> str:
+    """A W&B run id: 8 random lowercase letters and digits (the form W&B itself generates)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
 def resolve_mode(config: Mapping[str, Any]) -> str:
     return config.get("wandb_mode") or ("online" if has_api_key() else "offline")
 
@@ -64,7 +71,7 @@ class WandbLog:
         self.run_dir = Path(run_dir)
         state_path = self.run_dir / STATE_FILE
         state = json.loads(state_path.read_text()) if resumed and state_path.is_file() else {}
-        self.state = {"id": state.get("id") or wandb.util.generate_id(), "logged_through": state.get("logged_through")}
+        self.state = {"id": state.get("id") or new_run_id(), "logged_through": state.get("logged_through")}
         self.mode = resolve_mode(config)
         self.run = wandb.init(
             project=config["wandb_project"],
