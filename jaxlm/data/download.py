@@ -78,9 +78,11 @@ def download_file(repo: str, filename: str, out_dir: Path, *, endpoint: str, pro
     was_disabled = are_progress_bars_disabled()
     if not progress:
         disable_progress_bars()
-    hf_log = logging.getLogger("huggingface_hub")
-    level = hf_log.level
-    hf_log.setLevel(logging.ERROR)  # its retry warnings are not failures; a failure is our one line
+    # huggingface_hub's retry warnings are not failures (a failure is our one line); httpx2 logs each request.
+    quiet = {"huggingface_hub": logging.ERROR, "httpx2": logging.WARNING, "httpcore2": logging.WARNING}
+    levels = {name: logging.getLogger(name).level for name in quiet}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
     try:
         path = hf_hub_download(
             repo_id=repo, filename=filename, repo_type="dataset", local_dir=out_dir, endpoint=endpoint
@@ -88,7 +90,8 @@ def download_file(repo: str, filename: str, out_dir: Path, *, endpoint: str, pro
     except (OSError, httpx2.HTTPError, ValueError) as e:  # HfHubHTTPError is an httpx2.HTTPStatusError
         raise explain(e, repo, filename, endpoint) from None
     finally:
-        hf_log.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
         if not progress and not was_disabled:
             enable_progress_bars()
     return Path(path)
