@@ -89,6 +89,9 @@ class Config:
     """Tokens generated for the text sample at each evaluation; 0 = no samples."""
     sample_prompt: str = "Once upon a time"
     """Prompt of those samples."""
+    special_tokens: tuple[str, ...] = ("<|endoftext|>",)
+    """Special tokens of the trained tokenizer, each one token id, in this order from id 0; the first ends a
+    document (the corpus separates documents with it) and stops generation."""
     init_from: str | None = None
     """Start from these weights: a `.safetensors` file with the CS336 PyTorch names (as `jaxlm.export` writes);
     its shapes must match the config."""
@@ -100,6 +103,17 @@ class Config:
     schedule_by: Literal["steps", "wallclock"] = "steps"
     """`"wallclock"`: after timing the first steps, size `cosine_cycle_iters` and `max_iterations` so the cosine
     ends with `max_wallclock_seconds` (the values chosen go into config.json)."""
+
+    # --- Weights & Biases (optional: `uv sync --extra wandb`), a second sink beside TensorBoard ---
+    wandb_project: str | None = None
+    """W&B project to log the run to; null = no W&B."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team); null = the account's default."""
+    wandb_group: str | None = None
+    """W&B group of the run; a sweep sets it to its name prefix so its runs group together."""
+    wandb_mode: Literal["online", "offline"] | None = None
+    """`"offline"` writes the W&B run to disk only (`wandb sync` uploads it later); null = online when a W&B API
+    key is configured, offline otherwise, so nothing blocks on the network."""
 
     # --- checkpoints and run safety ---
     keep_checkpoints: int = 3
@@ -215,6 +229,10 @@ def _coerce(key: str, value: Any) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+    elif typing.get_origin(hint) is tuple:  # tuple[str, ...]: a JSON list of strings
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"config key '{key}': expected a list of strings, got {value!r}")
     else:  # pragma: no cover - a new field type nobody taught _coerce
         raise AssertionError(f"unsupported field type {hint} for {key}")
     raise ConfigError(f"config key '{key}': expected {hint.__name__}, got {type(value).__name__} {value!r}")
@@ -327,6 +345,7 @@ def validate(c: Config) -> None:
     if c.divergence_factor <= 1:
         raise ConfigError(f"config key 'divergence_factor': must be > 1, got {c.divergence_factor}")
     validate_scale_out(c)
+    validate_special_tokens(c)
     if c.sample_tokens < 0:
         raise ConfigError(f"config key 'sample_tokens': must be >= 0, got {c.sample_tokens}")
 
@@ -346,3 +365,11 @@ def validate_scale_out(c: Config) -> None:
         raise ConfigError(
             f"config key 'grad_accum_steps': batch_size={c.batch_size} is not divisible by {c.grad_accum_steps}"
         )
+
+
+def validate_special_tokens(c: Config) -> None:
+    """At least one special token, none empty, no repeats (the vocabulary room is checked when the BPE trains)."""
+    if not c.special_tokens:
+        raise ConfigError("config key 'special_tokens': needs at least one token (the first ends a document)")
+    if any(not t for t in c.special_tokens) or len(set(c.special_tokens)) != len(c.special_tokens):
+        raise ConfigError(f"config key 'special_tokens': tokens must be non-empty and distinct, got {c.special_tokens}")

@@ -114,11 +114,21 @@ def preflight(args: argparse.Namespace, config: Config, name: str) -> Path:
     from jaxlm.data.sources import check_sources
 
     check_sources(config)
+    check_wandb(config)
     run_dir = Path(args.resume) if args.resume else Path(args.output_dir) / name
     if args.resume is None:
         check_new_run_dir(run_dir, args.overwrite)
     check_writable(run_dir.parent)
     return run_dir
+
+
+def check_wandb(config: Config) -> None:
+    """A config that asks for W&B needs the optional package: a one-line error before anything is written."""
+    from jaxlm.errors import ConfigError
+    from jaxlm.tracking.wandb_log import missing_package
+
+    if config.wandb_project is not None and (why := missing_package()):
+        raise ConfigError(f"config key 'wandb_project': {why}")
 
 
 def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):

@@ -38,6 +38,10 @@ RESUME_SAFE_KEYS = frozenset(
         "divergence_factor",
         "device",
         "max_wallclock_seconds",
+        "wandb_project",
+        "wandb_entity",
+        "wandb_group",
+        "wandb_mode",
     }
 )
 

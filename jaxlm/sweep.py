@@ -89,6 +89,9 @@ def expand(
             if config.cosine_cycle_iters is not None and "cosine_cycle_iters" not in grid_keys:
                 overrides.append(f"cosine_cycle_iters={_scaled(config.cosine_cycle_iters, factor)}")
             config = load_config(base, overrides)
+        if config.wandb_project is not None and config.wandb_group is None:  # the sweep's runs group together
+            overrides.append(f"wandb_group={prefix}")
+            config = load_config(base, overrides)
         from jaxlm.rundir import check_name
 
         check_name(name)

@@ -69,6 +69,8 @@ def _type_text(node: ast.expr) -> str:
         elif isinstance(n, ast.Subscript) and ast.unparse(n.value) in ("Literal", "typing.Literal"):
             values = n.slice.elts if isinstance(n.slice, ast.Tuple) else [n.slice]
             choices.extend(f"`{json.dumps(ast.literal_eval(v))}`" for v in values)
+        elif ast.unparse(n) == "tuple[str, ...]":
+            choices.append("list of strings")
         else:
             choices.append(ast.unparse(n))
 
@@ -105,7 +107,8 @@ def render(fields: list[Field]) -> str:
             out += ["", f"## {current[0].upper()}{current[1:]}", "", "| key | type | default | meaning |"]
             out.append("| --- | --- | --- | --- |")
         meaning = (f.doc or "").replace("|", "\\|")
-        out.append(f"| `{f.name}` | {f.type} | `{f.default}` | {meaning} |")
+        default = f.default.replace("|", "\\|")  # e.g. "<|endoftext|>": a bare | would end the cell
+        out.append(f"| `{f.name}` | {f.type} | `{default}` | {meaning} |")
     return "\n".join(out) + "\n"
 
 

@@ -76,6 +76,15 @@ def test_grid_expansion_names_and_constant_tokens(base):
         expand(str(base), parse_grid(["max_iterations=2,40"]), [], "p")
 
 
+def test_a_sweep_logging_to_wandb_groups_its_runs_by_prefix(base):
+    grid = parse_grid(["learning_rate=1e-3,3e-3"])
+    points = expand(str(base), grid, ["wandb_project=cs336"], "lr")
+    assert [p.config.wandb_group for p in points] == ["lr", "lr"]
+    assert "wandb_group=lr" in points[0].overrides
+    assert expand(str(base), grid, ["wandb_project=cs336", "wandb_group=mine"], "lr")[0].config.wandb_group == "mine"
+    assert expand(str(base), grid, [], "lr")[0].config.wandb_group is None
+
+
 def test_dry_run_prints_runs_and_writes_nothing(base, tmp_path, capsys):
     out = tmp_path / "runs"
     assert (

@@ -40,6 +40,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="use this tokenizer instead of training one: tokenizer.json, or a folder with it or "
         "with GPT-2-style vocab.json + merges.txt",
     )
+    r.add_argument(
+        "--special-token",
+        action="append",
+        dest="special_tokens",
+        metavar="TOKEN",
+        help="a special token of the tokenizer (repeatable, in id order; the first separates documents; "
+        "default <|endoftext|>)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -58,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             vocab_size=args.vocab_size,
             tokenizer=args.tokenizer,
+            special_tokens=args.special_tokens or ["<|endoftext|>"],
             progress=not args.quiet,
         )
     except UserError as e:

@@ -1,18 +1,21 @@
-"""Download the CS336 corpora from the Hugging Face Hub (or a mirror), resumably.
+"""Download the CS336 corpora from the Hugging Face Hub (or a mirror) with `huggingface_hub`.
 
-A file is fetched into `<name>.part`, continued with an HTTP Range request when a
-partial one is there, checked against the size the server announced, and only
-then renamed to `<name>`; so an existing `<name>` is always complete and is skipped.
+Each file is fetched by `hf_hub_download(repo_type="dataset", local_dir=<dir>)` and lands at
+`<dir>/<file>` only when complete (bytes in flight go to a temporary file under
+`<dir>/.cache/huggingface/download/`). A connection dropped mid-file is resumed with an HTTP
+Range request from where it stopped, again after each drop as long as bytes keep arriving.
+huggingface_hub 2.x deletes its temporary file when the process ends, so a killed command
+starts that file over. A complete file whose ETag still matches the Hub's is not fetched again. The endpoint is
+`--endpoint`, else `$HF_ENDPOINT`, else huggingface.co; `$HF_TOKEN` authenticates (gated or
+private mirrors); the progress bar is huggingface_hub's. Every failure is one line
+(DataError): unreachable endpoint, HTTP errors such as 404, a full disk, a cut transfer.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import re
-import urllib.error
-import urllib.request
-from http.client import HTTPException
 from pathlib import Path
 
 from jaxlm.errors import DataError
@@ -24,26 +27,11 @@ DATASETS = {
     "tinystories": ("roneneldan/TinyStories", ("TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt")),
     "owt": ("stanford-cs336/owt-sample", ("owt_train.txt.gz", "owt_valid.txt.gz")),
 }
-BLOCK_BYTES = 1 << 20
-TIMEOUT_S = 30
 
 
 def default_endpoint() -> str:
     """`$HF_ENDPOINT` (the Hub's own mirror variable) or huggingface.co."""
     return os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
-
-
-def file_url(endpoint: str, repo: str, filename: str) -> str:
-    return f"{endpoint.rstrip('/')}/datasets/{repo}/resolve/main/{filename}"
-
-
-def _total_size(response, offset: int) -> int | None:
-    """Full file size from Content-Range (206) or Content-Length (200)."""
-    if response.status == 206:
-        match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", ""))
-        return int(match.group(1)) if match else None
-    length = response.headers.get("Content-Length")
-    return int(length) if length is not None else None
 
 
 def _unreachable(endpoint: str, reason: object) -> DataError:
@@ -52,50 +40,61 @@ def _unreachable(endpoint: str, reason: object) -> DataError:
     )
 
 
-def download_file(url: str, dest: Path, *, endpoint: str, progress: bool = False) -> Path:
-    """Fetch `url` to `dest`, resuming `dest.part`; DataError with one line on any failure."""
-    from tqdm import tqdm
+def _http_status(error: BaseException | None) -> int | None:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
 
-    if dest.is_file():
-        log.info("%s already downloaded", dest)
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+
+def explain(error: Exception, repo: str, filename: str, endpoint: str) -> DataError:
+    """huggingface_hub's (or the OS's) exception for one file -> a one-line DataError."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    where = f"{repo}/{filename}"
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DataError(f"download {where}: disk full ({error.strerror}); free space and run again")
+    if isinstance(error, HfHubHTTPError) and _http_status(error) is not None:
+        return DataError(f"download {where}: HTTP {_http_status(error)} from {endpoint}")
+    if isinstance(error, LocalEntryNotFoundError):  # the metadata request failed: why is in its cause
+        cause = error.__cause__
+        if _http_status(cause) is not None:
+            return DataError(f"download {where}: HTTP {_http_status(cause)} from {endpoint}")
+        if isinstance(cause, httpx2.TransportError):
+            return _unreachable(endpoint, type(cause).__name__)
+        return DataError(f"download {where}: {str(cause or error).splitlines()[0]}")
+    if isinstance(error, httpx2.TransportError):  # the transfer itself broke, after huggingface_hub's retries
+        return DataError(f"download {where}: interrupted ({type(error).__name__}) after repeated retries; run again")
+    if isinstance(error, OSError) and "Consistency check failed" in str(error):
+        return DataError(f"download {where}: transfer ended early; run again")
+    return DataError(f"download {where}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+
+
+def download_file(repo: str, filename: str, out_dir: Path, *, endpoint: str, progress: bool = False) -> Path:
+    """`<out_dir>/<filename>` from the dataset repo `repo`, resumed and cached by huggingface_hub."""
+    import httpx2
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
+    # huggingface_hub's retry warnings are not failures (a failure is our one line); httpx2 logs each request.
+    quiet = {"huggingface_hub": logging.ERROR, "httpx2": logging.WARNING, "httpcore2": logging.WARNING}
+    levels = {name: logging.getLogger(name).level for name in quiet}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # the part already holds everything
-            match = re.match(r"bytes \*/(\d+)", e.headers.get("Content-Range", ""))
-            if match and int(match.group(1)) == offset:
-                os.replace(part, dest)
-                return dest
-        raise DataError(f"download {url}: HTTP {e.code} {e.reason}") from None
-    except (TimeoutError, urllib.error.URLError, ConnectionError, HTTPException) as e:
-        raise _unreachable(endpoint, getattr(e, "reason", e)) from None
-    with response:
-        if response.status != 206:
-            offset = 0  # the server ignored the Range header: start over
-        total = _total_size(response, offset)
-        bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name, disable=not progress)
-        try:
-            with open(part, "ab" if offset else "wb") as f:
-                while block := response.read(BLOCK_BYTES):
-                    f.write(block)
-                    bar.update(len(block))
-        except (TimeoutError, ConnectionError, HTTPException) as e:
-            raise DataError(
-                f"download {dest.name}: interrupted after {part.stat().st_size:,} bytes "
-                f"({type(e).__name__}); run again to resume"
-            ) from None
-        finally:
-            bar.close()
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise DataError(f"download {dest.name}: got {size:,} of {total:,} bytes; run again to resume")
-    os.replace(part, dest)
-    return dest
+        path = hf_hub_download(
+            repo_id=repo, filename=filename, repo_type="dataset", local_dir=out_dir, endpoint=endpoint
+        )
+    except (OSError, httpx2.HTTPError, ValueError) as e:  # HfHubHTTPError is an httpx2.HTTPStatusError
+        raise explain(e, repo, filename, endpoint) from None
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if not progress and not was_disabled:
+            enable_progress_bars()
+    return Path(path)
 
 
 def download_dataset(
@@ -104,9 +103,8 @@ def download_dataset(
     """Download every file of a known dataset into `out_dir`."""
     if name not in DATASETS:
         raise DataError(f"dataset '{name}': unknown (known: {', '.join(DATASETS)})")
-    endpoint = endpoint or default_endpoint()
+    endpoint = (endpoint or default_endpoint()).rstrip("/")
     repo, files = DATASETS[name]
-    return [
-        download_file(file_url(endpoint, repo, f), Path(out_dir) / f, endpoint=endpoint, progress=progress)
-        for f in files
-    ]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [download_file(repo, f, out_dir, endpoint=endpoint, progress=progress) for f in files]

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jaxlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer, train_tokenizer
+from jaxlm.data.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, special_tokens_of, train_tokenizer
 from jaxlm.data.tokens import check_text_file, encode_text_file
 from jaxlm.errors import DataError
 
@@ -62,9 +63,11 @@ def prepare_corpus(
     *,
     vocab_size: int | None = None,
     tokenizer: str | Path | None = None,
+    special_tokens: Sequence[str] = (EOT,),
     progress: bool = False,
 ) -> PrepareReport:
-    """Train (or load) the tokenizer and encode both splits into `out_dir`."""
+    """Train (or load) the tokenizer and encode both splits into `out_dir`. `special_tokens` are the
+    trained tokenizer's (the first separates documents in the text); a loaded one must have them."""
     train, valid, out_dir = Path(train), Path(valid), Path(out_dir)
     for path in (train, valid):
         if path.suffix not in (".txt", ".gz"):
@@ -76,9 +79,13 @@ def prepare_corpus(
     t0 = time.perf_counter()
     if tokenizer is None:
         log.info("training a %d-token BPE on %s", vocab_size, train)
-        tok = train_tokenizer([train], vocab_size, out_dir)
+        tok = train_tokenizer([train], vocab_size, out_dir, special_tokens=special_tokens, progress=progress)
     else:
-        tok = load_tokenizer(tokenizer)
+        tok = load_tokenizer(tokenizer, special_tokens)
+        if special_tokens_of(tok) != list(special_tokens):
+            raise DataError(
+                f"--tokenizer '{tokenizer}': has special tokens {special_tokens_of(tok)}, not {list(special_tokens)}"
+            )
         if vocab_size is not None and tok.get_vocab_size() != vocab_size:
             raise DataError(
                 f"--tokenizer '{tokenizer}': has {tok.get_vocab_size()} tokens, not --vocab-size {vocab_size}"

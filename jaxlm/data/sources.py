@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from jaxlm.config import Config
-from jaxlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer, train_tokenizer
+from jaxlm.data.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, special_tokens_of, train_tokenizer
 from jaxlm.data.tokens import check_text_file, encode_text_file
 from jaxlm.errors import DataError
 
@@ -37,6 +38,22 @@ def file_digest(path: Path) -> str:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def cache_dir(train_src: Path, c: Config) -> Path:
+    """The token cache of a `.txt` training file: keyed by its content, the vocabulary size and the special
+    tokens (the default `<|endoftext|>` alone keeps the key it always had), so changing any re-tokenizes."""
+    key = f"{file_digest(train_src)}-v{c.vocab_size}"
+    if tuple(c.special_tokens) != (EOT,):
+        key += "-s" + hashlib.sha256("\0".join(c.special_tokens).encode("utf-8")).hexdigest()[:12]
+    return cache_root() / key
+
+
+def check_special_tokens(tokenizer: Path, c: Config) -> None:
+    """A ready tokenizer's special tokens must be the config's: the data was encoded with them."""
+    have = special_tokens_of(load_tokenizer(tokenizer))
+    if have != list(c.special_tokens):
+        raise DataError(f"config key 'special_tokens': {list(c.special_tokens)} but '{tokenizer}' has {have}")
 
 
 def source_paths(c: Config) -> tuple[Path, Path]:
@@ -68,6 +85,8 @@ def prepare(c: Config, *, progress: bool = False) -> DataFiles:
     if train_src.suffix == ".npy":
         tok_path = train_src.parent / TOKENIZER_FILE
         tokenizer = tok_path if tok_path.is_file() else None
+        if tokenizer is not None:
+            check_special_tokens(tokenizer, c)
         if val_src.suffix == ".txt":
             if tokenizer is None:
                 raise DataError(
@@ -76,13 +95,15 @@ def prepare(c: Config, *, progress: bool = False) -> DataFiles:
             val_src = _encode_cached(tokenizer, val_src, train_src.parent, progress)
         return DataFiles(train_src, val_src, tokenizer)
 
-    cache = cache_root() / f"{file_digest(train_src)}-v{c.vocab_size}"
+    cache = cache_dir(train_src, c)
     tok_path = cache / TOKENIZER_FILE
     if not tok_path.is_file():
         check_text_file(train_src)
         log.info("training a %d-token BPE on %s", c.vocab_size, train_src)
+        if progress:
+            print(f"training a {c.vocab_size}-token BPE tokenizer on {train_src} ...", file=sys.stderr, flush=True)
         tmp = cache / f"tmp-{os.getpid()}"
-        train_tokenizer([train_src], c.vocab_size, tmp)
+        train_tokenizer([train_src], c.vocab_size, tmp, special_tokens=c.special_tokens, progress=progress)
         os.replace(tmp / TOKENIZER_FILE, tok_path)
         tmp.rmdir()
     train_npy = _encode_cached(tok_path, train_src, cache, progress)
@@ -108,8 +129,7 @@ def run_tokenizer(run_dir: Path, config: Config):
     if train_src is not None and train_src.suffix == ".npy":
         candidates.append(train_src.parent / TOKENIZER_FILE)
     elif train_src is not None and train_src.is_file():
-        digest = file_digest(train_src)
-        candidates.append(cache_root() / f"{digest}-v{config.vocab_size}" / TOKENIZER_FILE)
+        candidates.append(cache_dir(train_src, config) / TOKENIZER_FILE)
     for path in candidates:
         if path.is_file():
             return load_tokenizer(path)

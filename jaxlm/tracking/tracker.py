@@ -5,7 +5,8 @@ run keeps everything it logged. At each eval row (a row with `val_loss`) and at
 the end it rewrites `metrics.json`, `loss_curves.png` and `lr_schedule.png`, so a
 running or crashed run already has them. TensorBoard events are written as rows
 arrive. `finalize` writes the final summary, the TensorBoard hparams and one
-EXPERIMENT_LOG.md entry. No JAX here: any training loop (even a PyTorch one) can
+EXPERIMENT_LOG.md entry. With `wandb_project` in the config, W&B gets the same records
+(jaxlm/tracking/wandb_log.py). No JAX here: any training loop (even a PyTorch one) can
 use it.
 """
 
@@ -95,7 +96,20 @@ class ExperimentTracker:
                 self.tb = TensorBoardLog(self.run_dir, purge_step=purge, segment=int(self.summary.get("resumes") or 0))
             except ImportError as e:
                 log.warning("TensorBoard logging off: %s", e)
+        self.wandb = self._open_wandb(resume_from_step is not None)
         self.write_summary()
+
+    def _open_wandb(self, resumed: bool):
+        """W&B (jaxlm/tracking/wandb_log.py) when the config names a `wandb_project`, else None."""
+        if not self.config.get("wandb_project"):
+            return None
+        try:
+            from jaxlm.tracking.wandb_log import WandbLog
+
+            return WandbLog(self.run_dir, self.config, self.name, resumed)
+        except Exception as e:  # noqa: BLE001 - a record, not the run (launch checks the package beforehand)
+            log.warning("W&B logging off: %s: %s", type(e).__name__, e)
+            return None
 
     @classmethod
     def resume(
@@ -194,6 +208,8 @@ class ExperimentTracker:
         self.files.write(row)
         if self.tb is not None:
             _safely("TensorBoard scalars", lambda: self.tb.log_row(row))
+        if self.wandb is not None:
+            _safely("W&B scalars", lambda: self.wandb.log_row(row))
         if val_loss is not None:
             self.refresh()
         return row
@@ -210,6 +226,8 @@ class ExperimentTracker:
             f.write(f"=== step {step} | prompt: {prompt!r}\n{text}\n\n")
         if self.tb is not None:
             _safely("TensorBoard text", lambda: self.tb.log_sample(step, prompt, text))
+        if self.wandb is not None:
+            _safely("W&B samples", lambda: self.wandb.log_sample(step, prompt, text))
 
     def write_metrics_json(self) -> None:
         train = [r for r in self.rows if r.get("train_loss") is not None]
@@ -278,6 +296,8 @@ class ExperimentTracker:
             step = int(self.rows[-1]["step"]) if self.rows else 0
             _safely("TensorBoard hparams", lambda: self.tb.log_hparams(self.config, self.summary, step))
             _safely("TensorBoard close", self.tb.close)
+        if self.wandb is not None:
+            _safely("W&B summary", lambda: self.wandb.finish(self.summary, self.config))
         if self.experiment_log is not None:
             _safely("EXPERIMENT_LOG.md", self.append_experiment_log)
         return self.summary

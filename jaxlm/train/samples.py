@@ -1,9 +1,10 @@
 """Text in, text out: a prompt encoded with the run's tokenizer, continuations decoded and cut at
-the end-of-text token. The token-level work is `jaxlm.model.decode`."""
+the end-of-text token (the tokenizer's first special token, the config's `special_tokens[0]`).
+The token-level work is `jaxlm.model.decode`."""
 
 from __future__ import annotations
 
-from jaxlm.data.tokenizer import EOT, decode
+from jaxlm.data.tokenizer import decode, end_of_text
 from jaxlm.model.decode import Decoder, generate_batch
 
 
@@ -21,9 +22,9 @@ def generate_texts(
     seed: int = 0,
     decode_step: Decoder | None = None,
 ) -> list[str]:
-    """Each sample is the prompt followed by its continuation, cut before `<|endoftext|>`."""
+    """Each sample is the prompt followed by its continuation, cut before the end-of-text token."""
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-    stop_id = tokenizer.token_to_id(EOT)
+    stop_id = tokenizer.token_to_id(end_of_text(tokenizer))
     texts = []
     for new in generate_batch(
         graphdef,
@@ -57,7 +58,7 @@ def generate_text(
     seed: int = 0,
     decode_step=None,
 ) -> str:
-    """The prompt followed by one sampled continuation, cut at `<|endoftext|>`."""
+    """The prompt followed by one sampled continuation, cut at the end-of-text token."""
     return generate_texts(
         graphdef,
         params,

@@ -1,20 +1,15 @@
-"""`python -m jaxlm.data`: prepare (plain and .gz text, trained or GPT-2-style tokenizer) and
-download (from a loopback HTTP server: resume via Range, size check, --endpoint, offline message)."""
+"""`python -m jaxlm.data prepare`: plain and .gz text, trained or GPT-2-style tokenizer
+(`download` is tests/data/test_download.py)."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from jaxlm.data.__main__ import main
-from jaxlm.data.download import DATASETS
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.data.tokens import meta_path
 
@@ -116,99 +111,3 @@ def test_prepare_errors_are_one_line(tmp_path, capsys):
     assert main(["prepare", "--train", str(valid), "--valid", str(bad), "--vocab-size", "300",
                  "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "not UTF-8" in one_line_error(capsys)
-
-
-# --- download ----------------------------------------------------------------------------------
-
-
-class FileServer:
-    """A loopback HTTP server for Hub-style URLs with Range support; can cut a transfer short."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files, self.requests, self.cut_after, self.honor_range = files, [], None, True
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append((self.path, self.headers.get("Range")))
-                name = self.path.rsplit("/", 1)[-1]
-                if name not in server.files:
-                    self.send_error(404)
-                    return
-                body, start = server.files[name], 0
-                if (rng := self.headers.get("Range")) and server.honor_range:
-                    start = int(rng.removeprefix("bytes=").rstrip("-"))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                payload = body[start:]
-                if server.cut_after is not None:
-                    payload = payload[: server.cut_after]  # announce it all, send part, hang up
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def hub():
-    repo, names = DATASETS["tinystories"]
-    files = {name: (f"{name} " * 40_000).encode() for name in names}
-    server = FileServer(files)
-    yield server
-    server.close()
-
-
-def test_download_resumes_a_partial_file(hub, tmp_path, capsys):
-    train_name, valid_name = DATASETS["tinystories"][1]
-    args = ["download", "tinystories", "--dir", str(tmp_path), "--endpoint", hub.url, "--quiet"]
-    hub.cut_after = 100_000
-    assert main(args) == 2
-    assert "run again to resume" in one_line_error(capsys)
-    part = tmp_path / (train_name + ".part")
-    assert part.stat().st_size == 100_000 and not (tmp_path / train_name).exists()
-    assert hub.requests[0] == (f"/datasets/roneneldan/TinyStories/resolve/main/{train_name}", None)
-
-    hub.cut_after = None
-    assert main(args) == 0
-    assert hub.requests[1][1] == "bytes=100000-"  # continued, not restarted
-    for name in (train_name, valid_name):
-        assert (tmp_path / name).read_bytes() == hub.files[name]
-    assert not part.exists()
-
-    seen = len(hub.requests)
-    assert main(args) == 0  # complete files are not fetched again
-    assert len(hub.requests) == seen
-
-
-def test_download_restarts_when_server_ignores_range_and_reports_404(hub, tmp_path, capsys):
-    train_name, valid_name = DATASETS["tinystories"][1]
-    (tmp_path / (train_name + ".part")).write_bytes(b"stale bytes")
-    hub.honor_range = False  # answers 200 with the whole file: the part must be replaced, not appended to
-    del hub.files[valid_name]
-    args = ["download", "tinystories", "--dir", str(tmp_path), "--endpoint", hub.url, "--quiet"]
-    assert main(args) == 2
-    assert "HTTP 404" in one_line_error(capsys)
-    assert hub.requests[0][1] == "bytes=11-"
-    assert (tmp_path / train_name).read_bytes() == hub.files[train_name]
-
-
-def test_download_offline_is_one_clear_line(tmp_path, capsys):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    assert main(["download", "owt", "--dir", str(tmp_path), "--endpoint", f"http://127.0.0.1:{port}", "--quiet"]) == 2
-    err = one_line_error(capsys)
-    assert f"cannot reach http://127.0.0.1:{port}" in err and "--endpoint" in err
-    assert not list(tmp_path.iterdir()) or all(p.suffix == ".part" for p in tmp_path.iterdir())

@@ -130,6 +130,11 @@ class FakeTokenizer:
     def token_to_id(self, token):
         return 0
 
+    def get_added_tokens_decoder(self):
+        from tokenizers import AddedToken
+
+        return {0: AddedToken("<|endoftext|>", special=True)}
+
     def decode(self, ids, skip_special_tokens=False):
         return "".join("<|endoftext|>" if i == 0 else chr(97 + i % 26) for i in ids)
 
