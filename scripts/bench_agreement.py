@@ -60,11 +60,19 @@ def child(config_path: str, sets: list[str], steps: int, repeats: int) -> None:
         plain.append(block(False))
         agreed.append(block(True))
         print(f"block: {plain[-1] * 1e3:.2f} ms/step without, {agreed[-1] * 1e3:.2f} ms/step with", flush=True)
+    alone = []  # one exchange and the wait for its result, with no train step around it
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            agreement.exchange([0.0, 0.0])
+            agreement.result()
+        alone.append((time.perf_counter() - t0) / steps)
     p, a = statistics.median(plain) * 1e3, statistics.median(agreed) * 1e3
     n = sum(leaf.size for leaf in jax.tree.leaves(params))
     print(f"model: {config_path} {sets} ({n:,} params), mesh {dict(mesh.shape)} on {jax.device_count()} CPU devices")
     print(f"train step without agreement: {p:.2f} ms; with one agreement per step: {a:.2f} ms")
     print(f"ratio (with / without): {a / p:.3f}  (median of {repeats} blocks of {steps} steps each)")
+    print(f"one agreement alone (all-reduce dispatched and read back): {statistics.median(alone) * 1e3:.3f} ms")
 
 
 def main() -> None:
