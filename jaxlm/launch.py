@@ -76,8 +76,10 @@ def resume_if_exists(args: argparse.Namespace) -> int | None:
     """--resume-if-exists: turn `args` into a --resume of OUTPUT_DIR/NAME when that run exists (and into a
     fresh start over it when it exists but never saved a checkpoint). Returns an exit code when there is
     nothing left to do (the run already completed or diverged), else None."""
+    if not args.resume_if_exists:
+        return None
     run_dir = Path(args.output_dir) / (args.name or Path(args.config).stem)
-    if not args.resume_if_exists or not run_dir.exists():
+    if not run_dir.exists():
         return None
     raw = RunDir(run_dir, "--resume-if-exists").raw_config()  # UserError unless a jaxlm run directory
     summary = read_summary(run_dir)
