@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume-step", type=int, metavar="N", help="with --resume: continue from checkpoint N instead")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
     p.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="start the run if OUTPUT_DIR/NAME does not exist, else continue it from its latest checkpoint "
+        "(one command line for the first start and every restart, e.g. a requeued SLURM job)",
+    )
+    p.add_argument(
         "--experiment-log",
         metavar="PATH",
         help="markdown log to append this run's entry to (default: EXPERIMENT_LOG.md beside --output-dir)",
@@ -61,7 +67,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--resume takes the config and name from the run directory: drop --config/--name/--overwrite")
     if args.resume_step is not None and args.resume is None:
         p.error("--resume-step needs --resume RUN_DIR")
+    if args.resume_if_exists and (args.resume is not None or args.overwrite):
+        p.error("--resume-if-exists decides between starting and resuming itself: drop --resume/--overwrite")
     return args
+
+
+def resume_if_exists(args: argparse.Namespace) -> int | None:
+    """--resume-if-exists: turn `args` into a --resume of OUTPUT_DIR/NAME when that run exists (and into a
+    fresh start over it when it exists but never saved a checkpoint). Returns an exit code when there is
+    nothing left to do (the run already completed or diverged), else None."""
+    if not args.resume_if_exists:
+        return None
+    run_dir = Path(args.output_dir) / (args.name or Path(args.config).stem)
+    if not run_dir.exists():
+        return None
+    raw = RunDir(run_dir, "--resume-if-exists").raw_config()  # UserError unless a jaxlm run directory
+    summary = read_summary(run_dir)
+    status = summary.get("status")
+    if status == "diverged" or (
+        status == "completed" and summary.get("steps", 0) >= resume_config(run_dir, args.overrides).max_iterations
+    ):
+        print(f"{run_dir}: already {status} at step {summary.get('steps')}; nothing to do", file=sys.stderr)
+        return EXIT_BY_STATUS[status]
+    checkpoints = run_dir / "checkpoints"
+    if not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        if raw.get("name") != run_dir.name:
+            raise UserError(f"--resume-if-exists '{run_dir}': its config.json names another run; not replacing it")
+        print(f"{run_dir}: no checkpoint saved yet; starting it again", file=sys.stderr)
+        args.overwrite = True
+        return None
+    args.resume, args.config, args.name = str(run_dir), None, None
+    return None
+
+
+def read_summary(run_dir: Path) -> dict:
+    """summary.json, or {} when it is missing or unreadable (a run killed before writing it)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:
@@ -94,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if (done := resume_if_exists(args)) is not None:
+            return done
         config, name = resolve(args)
         if args.dry_run:
             print(describe(config, name))

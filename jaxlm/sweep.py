@@ -8,6 +8,14 @@ and diverged points, resumes interrupted ones (`launch --resume`) and, with
 `--retry-failed`, starts failed ones afresh (`launch --overwrite`). At the end:
 `<output-dir>/<prefix>_sweep.png`, `<output-dir>/<prefix>_sweep.md` and one grouped
 entry in EXPERIMENT_LOG.md (see `jaxlm.tracking.sweep_report`).
+
+With `--slurm` the points run on a SLURM cluster instead, all at once as one job array
+(`jaxlm.train.slurm_array`; `--max-parallel N` caps how many run together): the command writes
+`<output-dir>/<prefix>_sweep.sbatch`, submits it, prints the job id and returns. Each element is
+a normal `jaxlm.launch ... --resume-if-exists` run, so preempted elements requeue and resume.
+Running the same command again while the job is queued says so (exit 75); once it is done it
+writes the report from the run directories (and submits again only points left unfinished).
+`--report` writes the report from whatever the run directories hold, running nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxlm.config import Config, load_config, parse_override
-from jaxlm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UserError
+from jaxlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
+from jaxlm.tracking.fmt import write_json, write_text
 
 FINAL_STATUSES = ("completed", "diverged")  # re-running would only repeat these
 RESUMABLE_STATUSES = ("interrupted", "running")  # "running" left behind = the process was killed
@@ -209,7 +218,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="markdown log for the sweep's entry (default: EXPERIMENT_LOG.md beside --output-dir)",
     )
     p.add_argument("--no-experiment-log", action="store_true", help="do not append to the experiment log")
-    return p.parse_args(argv)
+    p.add_argument("--slurm", action="store_true", help="submit the points as one SLURM job array and return")
+    p.add_argument("--slurm-args", default="", metavar="ARGS", help='extra sbatch options, e.g. "--time=2:00:00"')
+    p.add_argument("--max-parallel", type=int, metavar="N", help="with --slurm: at most N points run at once")
+    p.add_argument("--report", action="store_true", help="only write the report from the run directories")
+    args = p.parse_args(argv)
+    if (args.slurm_args or args.max_parallel is not None) and not args.slurm:
+        p.error("--slurm-args and --max-parallel go with --slurm")
+    if args.max_parallel is not None and args.max_parallel < 1:
+        p.error("--max-parallel: expected a positive number")
+    return args
+
+
+def submit_to_slurm(args: argparse.Namespace, points: list[GridPoint], prefix: str) -> int | None:
+    """--slurm: submit the unfinished points as one job array (exit code), or None when every point is
+    done and the report is due. Exit 75 while an earlier submission of this sweep is still queued."""
+    from jaxlm.train import slurm_array
+
+    output_dir = args.output_dir.absolute()
+    record = output_dir / f"{prefix}_sweep.slurm.json"
+    job = slurm_array.read_job(record)
+    if job is not None and (left := slurm_array.queued(job)):
+        print(f"sweep {prefix}: SLURM job {job} still has {len(left)} element(s) queued or running:")
+        print("\n".join(left) + "\nrun this command again when they are done, for the report")
+        return EXIT_INTERRUPTED
+    done = (*FINAL_STATUSES, *(() if args.retry_failed else ("failed",)))  # a failed point resumes or starts over
+    todo = {i: point for i, point in enumerate(points) if read_status(output_dir / point.name) not in done}
+    if not todo:
+        return None
+    launch = [sys.executable, "-m", "jaxlm.launch", "--config", str(Path(args.config).absolute())]
+    commands = {
+        i: [
+            *launch,
+            *("--name", point.name, "--output-dir", str(output_dir)),
+            *itertools.chain.from_iterable(("--set", o) for o in point.overrides),
+            *("--no-experiment-log", "--quiet", "--resume-if-exists"),
+        ]
+        for i, point in todo.items()
+    }
+    logs = output_dir / f"{prefix}_sweep.slurm"
+    script = output_dir / f"{prefix}_sweep.sbatch"
+    logs.mkdir(parents=True, exist_ok=True)
+    write_text(script, slurm_array.array_script(prefix, commands, logs, Path.cwd(), args.max_parallel))
+    job = slurm_array.submit(script, shlex.split(args.slurm_args))
+    write_json(record, {"job": job, "script": str(script), "points": {str(i): p.name for i, p in todo.items()}})
+    print(f"submitted SLURM job array {job}: {len(todo)} of {len(points)} points ({script}; logs in {logs})")
+    print(f"when it is done, run the same command again for the report (squeue -r -j {job} shows it)")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
@@ -241,9 +296,19 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     from jaxlm.tracking import sweep_report
     from jaxlm.tracking.explog import default_log_path
 
+    if args.slurm and not args.report:
+        try:
+            if (code := submit_to_slurm(args, points, prefix)) is not None:
+                return code
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     interrupted = False
     try:
-        run_sweep(points, args.config, args.output_dir, runner=runner, quiet=args.quiet, retry_failed=args.retry_failed)
+        if not (args.slurm or args.report):
+            run_sweep(
+                points, args.config, args.output_dir, runner=runner, quiet=args.quiet, retry_failed=args.retry_failed
+            )
     except KeyboardInterrupt:
         interrupted = True
         print("\nsweep interrupted: run the same command again to resume it", file=sys.stderr)

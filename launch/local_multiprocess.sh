@@ -18,7 +18,9 @@
 #   JAXLM_PORT=P         coordinator port (default: a free port)
 #   JAXLM_LOG_DIR=DIR    where processes 1..N-1 write process_<i>.log (default: a new temp dir);
 #                        process 0 prints to this terminal
-# Exit status: the first failing process's status (the others are then stopped), else 0.
+# Exit status: the first failing process's status (the others are then stopped), else 0. Status 75
+# (interrupted with a checkpoint, resumable) stops nothing: every process took the same decision
+# to stop at the same step and ends by itself; stopping the others could cut short their last save.
 set -euo pipefail
 
 if [[ $# -lt 2 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
@@ -57,7 +59,9 @@ for ((left = num_processes; left > 0; left--)); do
   else
     rc=$?
     ((rc == 127)) && break  # no children left
-    if ((status == 0)); then
+    if ((rc == 75)); then
+      ((status == 0)) && status=75
+    elif ((status == 0 || status == 75)); then
       status=$rc
       echo "local_multiprocess: a process exited with status ${rc}; stopping the others" >&2
       stop_all

@@ -153,3 +153,16 @@ def summary_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
             final_val_bpb=v.get("val_bpb"),
         )
     return out
+
+
+def segment_record(from_step: int) -> dict[str, Any]:
+    """One start of a run (the first, or a resume) for summary.json's `segments`: when, from which step,
+    and, under SLURM, which job and how many times SLURM had requeued it (SLURM_RESTART_COUNT)."""
+    record: dict[str, Any] = {
+        "start_time": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "from_step": from_step,
+    }
+    for key, env in (("slurm_job_id", "SLURM_JOB_ID"), ("slurm_restart_count", "SLURM_RESTART_COUNT")):
+        if os.environ.get(env):
+            record[key] = os.environ[env]
+    return record

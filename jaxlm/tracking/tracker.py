@@ -32,6 +32,7 @@ from jaxlm.tracking.records import (
     config_to_dict,
     mfu,
     run_metadata,
+    segment_record,
     summary_from_rows,
     trim_samples,
 )
@@ -139,6 +140,7 @@ class ExperimentTracker:
             "description": self.config.get("description", ""),
             "status": "running",
             "start_time": meta["start_time"],
+            "segments": [segment_record(0)],
         }
 
     def _reopen(self, config: Any, from_step: int) -> None:
@@ -154,6 +156,7 @@ class ExperimentTracker:
         self.summary.update(
             status="running", resumed_from_step=from_step, resumes=int(self.summary.get("resumes") or 0) + 1
         )
+        self.summary["segments"] = [*self.summary.get("segments", []), segment_record(from_step)]
         for stale in ("error", "end_time"):
             self.summary.pop(stale, None)
         self.write_metrics_json()

@@ -22,6 +22,7 @@ import jax
 
 from jaxlm.data.tokenizer import TOKENIZER_FILE
 from jaxlm.tracking.protocol import RunTracker
+from jaxlm.train.agreement import Agreement, agree_on_process_0
 from jaxlm.train.checkpoint import RunCheckpoints
 from jaxlm.train.distributed import is_primary
 from jaxlm.train.flops import flops_per_token, param_counts
@@ -40,6 +41,9 @@ class RunResult:
     sample: str | None
 
 
+_FLAGS = ("stop_signal", "out_of_time")  # what every process contributes to the agreement, each step
+
+
 @dataclass
 class _Loop:
     """What the loop carries from one step to the next."""
@@ -55,6 +59,8 @@ class _Loop:
     pending: tuple | None = None  # (step, device metrics, eval results) not yet read back
     sample: str | None = None
     stopped_by: str = "max_iterations"
+    interrupted_by: str | None = None  # the stop signal all processes agreed to act on
+    agreement: Agreement = field(default_factory=lambda: Agreement(len(_FLAGS)))
 
 
 class TrainingLoop:
@@ -129,18 +135,21 @@ class TrainingLoop:
             loop.pending = None
             return False
         self._calibrate(loop)
-        # stop early enough that the final eval still fits the budget
+        # stop early enough that the final eval still fits the budget; act only on what all processes agreed
         out_of_budget = out_of_time(self.c, loop.meter.elapsed() + loop.eval_s)
-        last = self.step == self.c.max_iterations or out_of_budget
+        signal_number, out_of_budget = loop.agreement.exchange([stop.signum, out_of_budget])
+        if signal_number and loop.interrupted_by is None:
+            loop.interrupted_by = StopSignals.name(int(signal_number))
+        last = self.step == self.c.max_iterations or bool(out_of_budget)
         evals = self._evaluate_if_due(loop, last)
         loop.pending = (self.step, metrics, evals)
         val_ok = evals is None or loop.guard.check_val(self.step, evals["val_loss"])
         is_best = val_ok and evals is not None and evals["val_loss"] < loop.best["val_loss"]
-        if not val_ok or is_best or stop.requested or last or self.step % self.c.checkpoint_interval == 0:
+        if not val_ok or is_best or loop.interrupted_by or last or self.step % self.c.checkpoint_interval == 0:
             if not self._checkpoint(loop, evals, val_ok, is_best):
                 return False
         loop.bar.update(1)
-        if stop.requested:
+        if loop.interrupted_by:
             return False
         if out_of_budget:
             loop.stopped_by = "wallclock"
@@ -198,6 +207,8 @@ class TrainingLoop:
         eval_s = time.perf_counter() - t0
         meter.pause(eval_s)
         steps = planned_steps(self.c, self.step, meter.elapsed(), step_s, eval_s, self.train_compile_s)
+        steps, eval_s = agree_on_process_0([steps, eval_s])  # one schedule for all processes: process 0's timing
+        steps = int(steps)
         self.c = dataclasses.replace(self.c, cosine_cycle_iters=steps, max_iterations=steps)
         self.schedule = meter.schedule = learning_rate_schedule(self.c)
         meter.c = self.c
@@ -217,12 +228,12 @@ class TrainingLoop:
         meter, guard, c = loop.meter, loop.guard, self.c
         if loop.calibrate_at is not None and c.max_iterations < loop.requested_steps:
             loop.stopped_by = "wallclock"  # the step count itself was sized to the budget
-        status = "diverged" if guard.tripped else "interrupted" if stop.requested else "completed"
+        status = "diverged" if guard.tripped else "interrupted" if loop.interrupted_by else "completed"
         stop_fields = (
             {"diverged_step": guard.tripped["step"], "divergence_reason": guard.tripped["reason"]}
             if guard.tripped
-            else {"interrupted_by": stop.requested}
-            if stop.requested
+            else {"interrupted_by": loop.interrupted_by}
+            if loop.interrupted_by
             else {"stopped_by": loop.stopped_by}
         )
         last_row = meter.last_row

@@ -71,17 +71,22 @@ class StopSignals:
 
     def __init__(self):
         self.requested: str | None = None  # name of the first signal received
+        self.signum: int = 0  # its number (0: none), what the loop's agreement carries to the other processes
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
         if self.requested is not None:
             raise KeyboardInterrupt(f"second stop signal ({name})")
-        self.requested = name
+        self.requested, self.signum = name, signum
         log.warning(
             "%s received: finishing this step, saving a checkpoint, then stopping (send it again to abort at once)",
             name,
         )
+
+    @staticmethod
+    def name(signum: int) -> str:
+        return signal.Signals(signum).name
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

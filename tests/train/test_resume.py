@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -201,7 +202,7 @@ def test_divergence_stops_without_a_nan_checkpoint(config_file, tmp_path):
 # --- real processes, real signals ---------------------------------------------------------------------------
 
 
-def start(config_file: Path, out: Path, name: str) -> subprocess.Popen:
+def start(config_file: Path, out: Path, name: str, *extra: str) -> subprocess.Popen:
     argv = [
         sys.executable,
         "-m",
@@ -223,6 +224,7 @@ def start(config_file: Path, out: Path, name: str) -> subprocess.Popen:
         "eval_interval=100",
         "--set",
         "checkpoint_interval=40",
+        *extra,
     ]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -276,6 +278,41 @@ def test_sigterm_saves_and_resume_matches(config_file, tmp_path, reference):
     assert resume(run) == EXIT_OK
     assert summary(run)["status"] == "completed"
     assert rows(run, after=stopped) == rows(reference, after=stopped)
+
+
+def test_resume_if_exists_one_command_line_for_start_and_every_restart(config_file, tmp_path, reference):
+    proc = start(config_file, tmp_path, "again", "--resume-if-exists")  # runs/again does not exist: a fresh start
+    wait_for_step(proc, tmp_path / "again", 30, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == EXIT_INTERRUPTED
+    run = tmp_path / "again"
+    stopped = summary(run)["steps"]
+    proc = start(config_file, tmp_path, "again", "--resume-if-exists")  # the same command line continues it
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_OK, err
+    s = summary(run)
+    assert s["status"] == "completed" and s["resumes"] == 1 and s["resumed_from_step"] == stopped
+    assert [seg["from_step"] for seg in s["segments"]] == [0, stopped]
+    assert all(seg["start_time"] for seg in s["segments"])
+    assert rows(run) == rows(reference)  # bit-exact with the uninterrupted run
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    proc = start(config_file, tmp_path, "again", "--resume-if-exists")  # once more: nothing left to do
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_OK and "already completed" in err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_resume_if_exists_starts_over_a_run_that_never_saved(config_file, tmp_path, capsys):
+    argv = ["--config", str(config_file), "--name", "n", "--output-dir", str(tmp_path), "--quiet"]
+    assert launch.main(argv + ["--resume-if-exists"]) == EXIT_OK
+    shutil.rmtree(tmp_path / "n" / "checkpoints")  # as if killed before its first checkpoint
+    (tmp_path / "n" / "summary.json").unlink()
+    assert launch.main(argv + ["--resume-if-exists"]) == EXIT_OK
+    assert "no checkpoint saved yet; starting it again" in capsys.readouterr().err
+    assert summary(tmp_path / "n")["status"] == "completed" and "resumes" not in summary(tmp_path / "n")
+    with pytest.raises(SystemExit) as exc:  # argparse: --resume and --resume-if-exists exclude each other
+        launch.main(argv[2:] + ["--resume-if-exists", "--resume", str(tmp_path / "n")])
+    assert exc.value.code == 2
 
 
 def test_kill_9_then_resume_from_newest_complete_checkpoint(config_file, tmp_path, reference):
