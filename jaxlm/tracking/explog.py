@@ -42,6 +42,16 @@ def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_f
     return lines
 
 
+def full_validation(summary: Mapping[str, Any]) -> str:
+    """ "; full validation ..." when the run ended with a full evaluation (final_eval "full"), else ""."""
+    if summary.get("full_val_loss") is None:
+        return ""
+    return (
+        f"; full validation set ({number(summary.get('full_val_tokens'), ',')} tokens): loss "
+        f"{number(summary['full_val_loss'])}, {number(summary.get('full_val_bpb'))} bits/byte"
+    )
+
+
 def format_entry(
     summary: Mapping[str, Any],
     config: Mapping[str, Any],
@@ -76,7 +86,8 @@ def format_entry(
     lines += [
         f"- Results: best val loss {number(s.get('best_val_loss'))}{best_step}; final val loss "
         f"{number(s.get('final_val_loss'))}, {number(s.get('final_val_bpb'))} bits/byte, perplexity "
-        f"{number(s.get('final_val_perplexity'), '.2f')}; final train loss {number(s.get('final_train_loss'))}",
+        f"{number(s.get('final_val_perplexity'), '.2f')}; final train loss {number(s.get('final_train_loss'))}"
+        + full_validation(s),
         f"- Scale: {number(s.get('steps'), ',')} steps, {tokens} tokens, {number(s.get('wallclock_s'), '.1f')} s "
         f"wall-clock (+{number(s.get('compile_s'), '.1f')} s compile), "
         f"{number(s.get('mean_tokens_per_sec'), ',.0f')} tokens/s",

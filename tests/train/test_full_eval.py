@@ -23,16 +23,25 @@ T = TINY_MODEL["context_length"]
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A 4-step run on synthetic tokens (no tokenizer), checkpoints at steps 2 and 4."""
+    """A 4-step run on synthetic tokens (no tokenizer), checkpoints at steps 2 and 4, final_eval "full"."""
     root = tmp_path_factory.mktemp("full-eval")
     rng = np.random.default_rng(0)
     np.save(root / "train.npy", rng.integers(0, 64, size=4000).astype(np.uint16))
     np.save(root / "valid.npy", rng.integers(0, 64, size=1000).astype(np.uint16))
     cfg = root / "tiny.json"
     values = dict(TINY_MODEL, vocab_size=64, max_iterations=4, eval_interval=2, checkpoint_interval=2, warmup_iters=1)
+    values["final_eval"] = "full"
     values.update(train_data_path=str(root / "train.npy"), val_data_path=str(root / "valid.npy"))
     cfg.write_text(json.dumps(values))
-    args = ["--config", str(cfg), "--output-dir", str(root / "runs"), "--quiet", "--no-experiment-log"]
+    args = [
+        "--config",
+        str(cfg),
+        "--output-dir",
+        str(root / "runs"),
+        "--quiet",
+        "--experiment-log",
+        str(root / "LOG.md"),
+    ]
     assert launch.main(args) == 0
     return root / "runs" / "tiny"
 
@@ -123,6 +132,20 @@ def test_cli_evaluates_n_minus_1_tokens_and_records_them(tiny_run, tmp_path, cap
     assert evaluate.main([*args, "--no-experiment-log", "--quiet"]) == 0
     assert json.loads((tiny_run / "evals" / "other-2.json").read_text())["tokens"] == 76
     assert set(json.loads((tiny_run / "summary.json").read_text())["evals"]) == {"val-4", "other-2"}
+
+
+def test_final_eval_full_puts_the_full_numbers_in_the_final_row_and_summary(tiny_run, capsys):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    last = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 4 and last["full_val_tokens"] == summary["full_val_tokens"] == 999
+    assert last["full_val_loss"] == summary["full_val_loss"] and "val_loss" in last  # the sample stays too
+    assert summary["final_val_loss"] == last["val_loss"] != summary["full_val_loss"]
+    assert "full validation set (999 tokens)" in (tiny_run.parent.parent / "LOG.md").read_text()
+    earlier = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()[:-1]]
+    assert not any("full_val_loss" in row for row in earlier)  # only the final evaluation
+    assert evaluate.main(["--run", str(tiny_run), "--checkpoint", "latest", "--quiet", "--no-experiment-log"]) == 0
+    record = json.loads((tiny_run / "evals" / "val-4.json").read_text())
+    assert record["loss"] == pytest.approx(summary["full_val_loss"], rel=1e-6)
 
 
 def exit_code(argv: list[str]) -> int:
