@@ -22,6 +22,7 @@ from typing import Any
 from jaxlm.tracking.plots import METRIC_LABELS, _maybe_log_y, _new_figure, _save, series
 
 TOP_PAD = 0.06  # fraction of the y-range left free above the highest non-diverged value, where × sit
+BOTTOM_PAD = 0.08
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,9 @@ def _limits(values: Sequence[float], log: bool) -> tuple[float, float]:
     if log:
         lo_l, hi_l = math.log(lo), math.log(hi)
         span = max(hi_l - lo_l, 1e-3)
-        return math.exp(lo_l - 0.03 * span), math.exp(hi_l + TOP_PAD * span)
+        return math.exp(lo_l - BOTTOM_PAD * span), math.exp(hi_l + TOP_PAD * span)
     span = max(hi - lo, 1e-3 * max(abs(hi), 1.0))
-    return lo - 0.03 * span, hi + TOP_PAD * span
+    return lo - BOTTOM_PAD * span, hi + TOP_PAD * span
 
 
 def _fit_y(ax, values: Sequence[float]) -> tuple[float, float]:
@@ -57,16 +58,13 @@ def _fit_y(ax, values: Sequence[float]) -> tuple[float, float]:
     return bottom, top
 
 
-def _clipped(xs: list[float], ys: list[float], top: float) -> tuple[list[float], list[float], tuple[float, float]]:
-    """The curve up to where it first leaves the axis (drawn to the edge), and where it ends: the × spot."""
+def _to_edge(xs: list[float], ys: list[float], top: float, step: float) -> tuple[list[float], list[float]]:
+    """A diverged curve: its values while they stay inside the axis, then a line up to the top edge at the
+    diverged step (or at the first value beyond the edge, if that comes first)."""
     for i, y in enumerate(ys):
         if y > top:
-            if i == 0:
-                return [xs[0]], [top], (xs[0], top)
-            x0, y0, x1 = xs[i - 1], ys[i - 1], xs[i]
-            x_edge = x0 + (x1 - x0) * (top - y0) / (y - y0)  # linear crossing, close enough at this scale
-            return [*xs[:i], x_edge], [*ys[:i], top], (x_edge, top)
-    return xs, ys, (xs[-1], ys[-1]) if xs else (0.0, top)
+            return [*xs[:i], min(xs[i], step)], [*ys[:i], top]
+    return [*xs, max(xs[-1], step) if xs else step], [*ys, top]
 
 
 def plot_sweep_curves(points: Sequence[PointCurves], path: Path, title: str):
@@ -89,12 +87,8 @@ def plot_sweep_curves(points: Sequence[PointCurves], path: Path, title: str):
                 if xs:
                     ax.plot(xs, ys, color=color, marker=marker, ms=3, lw=1.3, label=label)
                 continue
-            xs, ys, spot = _clipped(xs, ys, top)
-            if not xs:  # nothing finite logged: the × stands at the diverged step
-                spot = (float(p.diverged_step), top)
-            elif spot[1] < top:  # never left the axis (the loss went NaN): × at the edge above the last value
-                spot = (max(xs[-1], float(p.diverged_step)), top)
-                xs, ys = [*xs, spot[0]], [*ys, top]
+            xs, ys = _to_edge(xs, ys, top, float(p.diverged_step))
+            spot = (xs[-1], ys[-1])
             ax.plot(xs, ys, color=color, lw=1.0, ls="--", alpha=0.8)
             ax.plot(*spot, "x", color=color, ms=10, mew=2.5, clip_on=False, label=label)
         ax.set_xlabel("gradient steps")
@@ -141,14 +135,15 @@ def plot_by_value(points: Sequence[ValuePoint], key: str, path: Path, title: str
         ax.plot(*zip(*finals), "s--", color="C1", ms=5, label="final val loss")
         best = min(ok, key=lambda p: p.best)
         ax.plot(best.value, best.best, "o", ms=16, mfc="none", mec="C3", mew=2, label=f"best: {key}={best.value:g}")
-        ax.annotate(f"{best.best:.3f}", (best.value, best.best), textcoords="offset points", xytext=(0, -18),
-                    ha="center", fontsize=8, color="C3")  # fmt: skip
+        ax.annotate(f"{best.best:.3f}", (best.value, best.best), textcoords="offset points", xytext=(12, -3),
+                    ha="left", fontsize=8, color="C3")  # fmt: skip
     diverged = [p for p in points if p.diverged_step is not None or p.best is None]
     for i, p in enumerate(diverged):
         label = "diverged / no val loss" if i == 0 else None
         ax.plot(p.value, top, "x", color="C3", ms=11, mew=2.5, clip_on=False, label=label)
         what = f"diverged, step {p.diverged_step}" if p.diverged_step is not None else "no val loss"
         ax.annotate(what, (p.value, top), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7)
+    ax.margins(x=0.08)
     ax.set_xlabel(key)
     ax.set_ylabel("validation loss (nats/token)")
     ax.grid(True, alpha=0.3, which="both")
