@@ -27,7 +27,8 @@ def default_log_path(output_dir: str | Path) -> Path:
 
 
 def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_file: str | None) -> list[str]:
-    """`key`: value in the config file -> value used, one per `--set` override (last one wins)."""
+    """`key`: value in the config file -> value used, one per `--set` override (last one wins); an override
+    that sets a key to the value the file already gives it is left out."""
     file_values: dict[str, Any] = {}
     if config_file:
         try:
@@ -37,6 +38,8 @@ def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_f
     keys = list(dict.fromkeys(o.split("=", 1)[0].strip() for o in overrides))
     lines = []
     for key in keys:
+        if key in file_values and file_values[key] == config.get(key):
+            continue  # set to the value the file already had: nothing differs
         before = json.dumps(file_values[key]) if key in file_values else "(default)"
         lines.append(f"  - `{key}`: {before} -> {json.dumps(config.get(key), default=str)}")
     return lines
@@ -75,7 +78,8 @@ def format_entry(
     if config_file:
         lines.append(f"- Launched from: `{config_file}`")
     changed = override_lines(overrides, config, config_file)
-    lines.append("- Differs from the config file:" + ("" if changed else " nothing (no `--set` overrides)"))
+    nothing = " nothing (every `--set` repeats the file's value)" if overrides else " nothing (no `--set` overrides)"
+    lines.append("- Differs from the config file:" + ("" if changed else nothing))
     lines += changed
     if s.get("resumed_from_step") is not None:
         lines.append(f"- Resumed from step {s['resumed_from_step']}")

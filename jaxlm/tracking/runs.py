@@ -124,8 +124,9 @@ IGNORED_CONFIG_KEYS = frozenset(META_KEYS) | {"description"}  # say where and wh
 
 
 def differing_config_keys(runs: Sequence[RunRecord]) -> list[str]:
-    """Config keys whose values are not the same in every run (a key one run lacks counts as differing),
-    in config order; run metadata and descriptions left out."""
+    """Config keys whose values are not the same in every run that has a config (a key one of them lacks
+    counts as differing), in config order; run metadata and descriptions left out."""
+    runs = [run for run in runs if run.config]  # a run killed before writing config.json says nothing
     keys = list(dict.fromkeys(k for run in runs for k in run.config if k not in IGNORED_CONFIG_KEYS))
     cell = lambda run, k: json.dumps(run.config[k], default=str) if k in run.config else None  # noqa: E731
     return [k for k in keys if len({cell(run, k) for run in runs}) > 1]
