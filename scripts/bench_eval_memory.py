@@ -5,8 +5,10 @@
 Trains a tiny model for two steps (its own run directory under --workdir), writes two uint16 token
 files of random ids (--small-mb and --big-mb megabytes, 1 MB = 2^20 bytes), then runs the evaluate
 command on each in a fresh process and reads that process's peak RSS from the kernel (`os.wait4`
-ru_maxrss). The evaluation streams the file (`jaxlm.train.full_eval`): the two peaks should differ by
-far less than the file sizes do. Prints both peaks, their difference, tokens and tokens/s.
+ru_maxrss). The files are written by a child process of their own: Python starts children with vfork,
+and Linux carries the parent's peak RSS over into the child's ru_maxrss at exec, so a parent that had
+written a gigabyte through a memory map would count it against the evaluation. The evaluation
+streams the file (`jaxlm.train.full_eval`): the two peaks should differ by far less than the files do. Prints both peaks, their difference, tokens and tokens/s.
 """
 
 from __future__ import annotations
@@ -73,7 +75,11 @@ def main() -> None:
     p.add_argument("--big-mb", type=float, default=1024)
     p.add_argument("--small-mb", type=float, default=1)
     p.add_argument("--workdir", type=Path, help="where the run and token files go (default: a temporary folder)")
+    p.add_argument("--write", nargs=2, metavar=("PATH", "MB"), help=argparse.SUPPRESS)  # the file-writing child
     args = p.parse_args()
+    if args.write:
+        print(write_tokens(Path(args.write[0]), float(args.write[1])))
+        return
     work = args.workdir or Path(tempfile.mkdtemp(prefix="jaxlm-eval-mem-"))
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
@@ -88,7 +94,8 @@ def main() -> None:
     results = {}
     for label, mb in (("small", args.small_mb), ("big", args.big_mb)):
         path = work / f"{label}.npy"
-        n = write_tokens(path, mb)
+        writer = [sys.executable, __file__, "--write", str(path), str(mb)]
+        n = int(subprocess.run(writer, check=True, capture_output=True, text=True).stdout)
         evaluate = [sys.executable, "-m", "jaxlm.evaluate", "--run", str(run), "--data", str(path)]
         rss, seconds = peak_rss(
             [*evaluate, "--quiet", "--no-experiment-log", "--batch-size", str(BATCH)], work / "log.txt"
