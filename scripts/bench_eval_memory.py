@@ -8,7 +8,8 @@ command on each in a fresh process and reads that process's peak RSS from the ke
 ru_maxrss). The files are written by a child process of their own: Python starts children with vfork,
 and Linux carries the parent's peak RSS over into the child's ru_maxrss at exec, so a parent that had
 written a gigabyte through a memory map would count it against the evaluation. The evaluation
-streams the file (`jaxlm.train.full_eval`): the two peaks should differ by far less than the files do. Prints both peaks, their difference, tokens and tokens/s.
+streams the file (`jaxlm.train.full_eval`): the two peaks should differ by far less than the files do.
+Prints both peaks, their difference, tokens and tokens/s.
 """
 
 from __future__ import annotations
