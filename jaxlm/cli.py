@@ -11,6 +11,7 @@ COMMANDS = {
     "compare": ("jaxlm.compare", "plot and tabulate runs side by side"),
     "generate": ("jaxlm.generate", "sample text from a trained run"),
     "export": ("jaxlm.export", "write a run's weights as safetensors"),
+    "evaluate": ("jaxlm.evaluate", "a checkpoint's loss on every token of a file"),
     "bench": ("jaxlm.bench", "time the train step"),
     "data": ("jaxlm.data.__main__", "download and prepare corpora"),
 }

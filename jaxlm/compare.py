@@ -1,4 +1,5 @@
-"""CLI: `python -m jaxlm.compare runs/a runs/b ... -o comparison.png [--names A B] [--metric val_loss]`.
+"""CLI: `python -m jaxlm.compare runs/a runs/b ... -o comparison.png [--names A B] [--metric val_loss]
+[--x steps|tokens|wallclock] [--smooth N]`.
 
 Writes the PNG and a markdown table beside it (`comparison.md`), and prints the
 table. Globs such as `runs/lr_*` work, quoted or not. A path that is not a run
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from jaxlm.errors import EXIT_OK, EXIT_USAGE
-from jaxlm.tracking.compare import METRICS, compare_runs
+from jaxlm.tracking.compare import METRICS, X_CHOICES, compare_runs
 from jaxlm.tracking.runs import NotARunError
 
 
@@ -22,13 +23,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-o", "--output", default="comparison.png", help="PNG to write; the table goes beside it as .md")
     p.add_argument("--names", nargs="+", help="labels for the runs, in order")
     p.add_argument("--metric", choices=METRICS, default="val_loss", help="what to plot (default: val_loss)")
+    p.add_argument(
+        "--x",
+        choices=X_CHOICES,
+        help="plot against this alone (default: steps and wall-clock side by side; leaderboards use wallclock)",
+    )
+    p.add_argument("--smooth", type=int, default=1, metavar="N", help="draw train loss as a running mean of N rows")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        table = compare_runs(args.runs, args.output, args.names, args.metric)
+        table = compare_runs(args.runs, args.output, args.names, args.metric, x=args.x, smooth=args.smooth)
     except (NotARunError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -81,6 +81,10 @@ class Config:
     # --- training details ---
     eval_batches: int = 20
     """Fixed validation batches per evaluation, the same ones every time so evaluations compare."""
+    final_eval: Literal["sample", "full"] = "sample"
+    """The evaluation at the end of training: `"sample"` = the `eval_batches` windows like every other one;
+    `"full"` = also every token of the validation file (`full_val_loss`, `full_val_bpb`, ... in the final row
+    and summary.json), as `python -m jaxlm.evaluate` computes it."""
     cosine_cycle_iters: int | None = None
     """Step where the cosine reaches `min_learning_rate`; null = `max_iterations`."""
     adam_eps: float = 1e-8

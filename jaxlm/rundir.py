@@ -33,6 +33,7 @@ RESUME_SAFE_KEYS = frozenset(
         "checkpoint_interval",
         "keep_checkpoints",
         "eval_batches",
+        "final_eval",
         "sample_tokens",
         "sample_prompt",
         "divergence_factor",

@@ -6,8 +6,9 @@ crash or divergence in one point cannot take the sweep down. Each point's outcom
 is read from its `summary.json`. Running the same command again skips completed
 and diverged points, resumes interrupted ones (`launch --resume`) and, with
 `--retry-failed`, starts failed ones afresh (`launch --overwrite`). At the end:
-`<output-dir>/<prefix>_sweep.png`, `<output-dir>/<prefix>_sweep.md` and one grouped
-entry in EXPERIMENT_LOG.md (see `jaxlm.tracking.sweep_report`).
+`<output-dir>/<prefix>_sweep.png`, `<prefix>_by_value.png`, `<prefix>_sweep.md` and one grouped
+entry in EXPERIMENT_LOG.md (see `jaxlm.tracking.sweep_report`). `--report PREFIX --output-dir DIR`
+writes the figures and the table again from the run directories already there, running nothing.
 
 With `--slurm` the points run on a SLURM cluster instead, all at once as one job array
 (`jaxlm.train.slurm_array`; `--max-parallel N` caps how many run together): the command writes
@@ -15,7 +16,6 @@ With `--slurm` the points run on a SLURM cluster instead, all at once as one job
 a normal `jaxlm.launch ... --resume-if-exists` run, so preempted elements requeue and resume.
 Running the same command again while the job is queued says so (exit 75); once it is done it
 writes the report from the run directories (and submits again only points left unfinished).
-`--report` writes the report from whatever the run directories hold, running nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jaxlm.config import Config, load_config, parse_override
+from jaxlm.config import FIELDS, Config, load_config, parse_override
 from jaxlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.tracking.fmt import write_json, write_text
 
@@ -48,6 +49,50 @@ class GridPoint:
     @property
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.values)
+
+
+@dataclass(frozen=True)
+class FoundPoint:
+    """A point of an earlier sweep, known only from its run directory's name (`--report`)."""
+
+    name: str
+    values: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.values)
+
+
+def find_points(output_dir: Path, prefix: str) -> list[FoundPoint]:
+    """The run directories `<prefix>_<key>=<value>[_<key>=<value>...]` in `output_dir`, as points ordered by
+    each key's values (numerically when they are numbers); UserError when there are none."""
+    from jaxlm.tracking.runs import is_run_dir
+
+    keys = "|".join(sorted(map(re.escape, FIELDS), key=len, reverse=True))
+    pair = re.compile(rf"({keys})=(.+?)(?=_(?:{keys})=|$)")
+    points = []
+    for path in sorted(Path(output_dir).glob(f"{glob_escape(prefix)}_*")):
+        rest = path.name[len(prefix) + 1 :]
+        pairs = pair.findall(rest)
+        if pairs and "_".join(f"{k}={v}" for k, v in pairs) == rest and is_run_dir(path):
+            points.append(FoundPoint(path.name, tuple(pairs)))
+    if not points:
+        raise UserError(f"--report {prefix}: no run directories named {prefix}_<key>=<value> in '{output_dir}'")
+
+    def order(point: FoundPoint):
+        out = []
+        for _, value in point.values:
+            try:
+                out.append((0, float(value), ""))
+            except ValueError:
+                out.append((1, 0.0, value))
+        return out
+
+    return sorted(points, key=order)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
@@ -184,7 +229,12 @@ def run_sweep(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jaxlm.sweep", description="Run a grid of jaxlm runs and compare them.")
-    p.add_argument("--config", required=True, help="base config JSON file")
+    p.add_argument("--config", help="base config JSON file (required unless --report)")
+    p.add_argument(
+        "--report",
+        metavar="PREFIX",
+        help="run nothing: write the figures and table of the runs <PREFIX>_* already in --output-dir",
+    )
     p.add_argument(
         "--grid",
         action="append",
@@ -221,7 +271,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slurm", action="store_true", help="submit the points as one SLURM job array and return")
     p.add_argument("--slurm-args", default="", metavar="ARGS", help='extra sbatch options, e.g. "--time=2:00:00"')
     p.add_argument("--max-parallel", type=int, metavar="N", help="with --slurm: at most N points run at once")
-    p.add_argument("--report", action="store_true", help="only write the report from the run directories")
     args = p.parse_args(argv)
     if (args.slurm_args or args.max_parallel is not None) and not args.slurm:
         p.error("--slurm-args and --max-parallel go with --slurm")
@@ -267,8 +316,31 @@ def submit_to_slurm(args: argparse.Namespace, points: list[GridPoint], prefix: s
     return EXIT_OK
 
 
+def report_only(args: argparse.Namespace, command: str) -> int:
+    """`--report PREFIX`: the figures and the table again, from the run directories alone."""
+    from jaxlm.tracking import sweep_report
+
+    try:
+        points = find_points(args.output_dir, args.report)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    config_file = json.loads((args.output_dir / points[0].name / "config.json").read_text()).get("config_file")
+    report = sweep_report.write_report(
+        points, args.output_dir, args.report, command=command, base_config=str(config_file), experiment_log=None
+    )
+    figures = ", ".join(str(p) for p in (report.png, report.by_value) if p is not None)
+    print(f"{report.table}\nwrote {figures} and {report.markdown}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        return report_only(args, shlex.join(["python", "-m", "jaxlm.sweep", *(sys.argv[1:] if argv is None else argv)]))
+    if args.config is None:
+        print("error: --config: required (or --report PREFIX to report on existing runs)", file=sys.stderr)
+        return EXIT_USAGE
     prefix = args.name_prefix or Path(args.config).stem
     try:
         if not args.grid:
@@ -296,7 +368,7 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     from jaxlm.tracking import sweep_report
     from jaxlm.tracking.explog import default_log_path
 
-    if args.slurm and not args.report:
+    if args.slurm:
         try:
             if (code := submit_to_slurm(args, points, prefix)) is not None:
                 return code
@@ -305,7 +377,7 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
             return EXIT_USAGE
     interrupted = False
     try:
-        if not (args.slurm or args.report):
+        if not args.slurm:
             run_sweep(
                 points, args.config, args.output_dir, runner=runner, quiet=args.quiet, retry_failed=args.retry_failed
             )
@@ -317,7 +389,8 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     report = sweep_report.write_report(
         points, args.output_dir, prefix, command=command, base_config=args.config, experiment_log=log_path
     )
-    print(f"\n{report.table}\nwrote {report.png} and {report.markdown}")
+    figures = ", ".join(str(p) for p in (report.png, report.by_value) if p is not None)
+    print(f"\n{report.table}\nwrote {figures} and {report.markdown}")
     ok = not interrupted and all(s in FINAL_STATUSES for s in report.statuses.values())
     return EXIT_OK if ok else EXIT_FAILED
 

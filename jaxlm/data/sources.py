@@ -118,9 +118,9 @@ def _encode_cached(tokenizer: Path, text: Path, cache: Path, progress: bool) -> 
     return out
 
 
-def run_tokenizer(run_dir: Path, config: Config):
-    """The run's tokenizer: `<run>/tokenizer.json` if saved there, else where data preparation put it
-    (beside a `.npy` train file, or in the token cache for a `.txt` one)."""
+def run_tokenizer_path(run_dir: Path, config: Config) -> Path:
+    """Where the run's tokenizer is: `<run>/tokenizer.json` if saved there, else where data preparation put
+    it (beside a `.npy` train file, or in the token cache for a `.txt` one); DataError when nowhere."""
     candidates = [Path(run_dir) / TOKENIZER_FILE]
     try:
         train_src, _ = source_paths(config)
@@ -132,5 +132,31 @@ def run_tokenizer(run_dir: Path, config: Config):
         candidates.append(cache_dir(train_src, config) / TOKENIZER_FILE)
     for path in candidates:
         if path.is_file():
-            return load_tokenizer(path)
+            return path
     raise DataError(f"run '{run_dir}': no tokenizer found (looked for {', '.join(map(str, candidates))})")
+
+
+def run_tokenizer(run_dir: Path, config: Config):
+    """The run's tokenizer (see `run_tokenizer_path`)."""
+    return load_tokenizer(run_tokenizer_path(run_dir, config))
+
+
+def eval_token_file(run_dir: Path, config: Config, data: Path | None, *, progress: bool = False) -> tuple[Path, Path]:
+    """(source, `.npy` token file) to evaluate a run on: `data` (a `.npy` token file, or a `.txt`/`.txt.gz`
+    text file), or the run's own validation file when None. Text is encoded once with the run's own
+    tokenizer into the token cache (`<cache>/eval-<tokenizer digest>/`); DataError for anything else."""
+    if data is None:
+        key = "config key 'val_data_path'"
+        _, data = source_paths(config)
+    else:
+        key = "--data"
+    if not data.is_file():
+        raise DataError(f"{key}: data file '{data}' does not exist")
+    if data.suffix == ".npy":
+        return data, data
+    if data.suffix not in (".txt", ".gz"):
+        raise DataError(f"{key}: '{data}' is neither a .npy token file nor a .txt/.txt.gz text file")
+    tokenizer = run_tokenizer_path(run_dir, config)
+    cache = cache_root() / f"eval-{file_digest(tokenizer)}"
+    cache.mkdir(parents=True, exist_ok=True)
+    return data, _encode_cached(tokenizer, data, cache, progress)

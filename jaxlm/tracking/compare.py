@@ -12,9 +12,10 @@ from pathlib import Path
 
 from jaxlm.tracking.fmt import markdown_table, number
 from jaxlm.tracking.plots import plot_comparison
-from jaxlm.tracking.runs import NotARunError, RunRecord, load_run
+from jaxlm.tracking.runs import NotARunError, RunRecord, config_cell, differing_config_keys, load_run
 
 METRICS = ("val_loss", "train_loss", "val_bpb")
+X_CHOICES = ("steps", "tokens", "wallclock")
 TABLE_COLUMNS = (
     "name",
     "description",
@@ -67,7 +68,11 @@ def table_row(run: RunRecord, name: str) -> list[str]:
 
 
 def runs_table(runs: Sequence[RunRecord], names: Sequence[str]) -> str:
-    return markdown_table(TABLE_COLUMNS, [table_row(run, name) for run, name in zip(runs, names)])
+    """One row per run; besides TABLE_COLUMNS, one column per config key whose value differs between the runs."""
+    keys = differing_config_keys(runs) if len(runs) > 1 else []
+    header = [*TABLE_COLUMNS, *(f"`{k}`" for k in keys)]
+    rows = [[*table_row(run, name), *(config_cell(run, k) for k in keys)] for run, name in zip(runs, names)]
+    return markdown_table(header, rows)
 
 
 def compare_runs(
@@ -75,12 +80,21 @@ def compare_runs(
     output_path: str | Path,
     names: Sequence[str] | None = None,
     metric: str = "val_loss",
+    *,
+    x: str | None = None,
+    smooth: int = 1,
 ) -> str:
     """Write `output_path` (PNG) and `<its stem>.md` beside it; return the markdown table.
 
-    Raises NotARunError naming the first directory that is not a run, ValueError on bad names/metric."""
+    `x` plots against one axis ("steps", "tokens" or "wallclock") instead of steps and wall-clock side by
+    side; `smooth` > 1 draws the train loss as a running mean of that many logged rows.
+    Raises NotARunError naming the first directory that is not a run, ValueError on bad names/metric/x/smooth."""
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+    if x is not None and x not in X_CHOICES:
+        raise ValueError(f"--x {x!r}: expected one of {', '.join(X_CHOICES)}")
+    if smooth < 1:
+        raise ValueError(f"--smooth {smooth}: must be a positive number of rows")
     runs = [load_run(p) for p in expand_run_paths(run_dirs)]
     if not runs:
         raise ValueError("no run directories given")
@@ -89,7 +103,7 @@ def compare_runs(
     labels = list(names) if names is not None else [run.name for run in runs]
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    plot_comparison([(label, run.rows) for label, run in zip(labels, runs)], metric, output_path)
+    plot_comparison([(label, run.rows) for label, run in zip(labels, runs)], metric, output_path, x=x, smooth=smooth)
     table = runs_table(runs, labels)
     output_path.with_suffix(".md").write_text(f"# Comparison: {metric}\n\n![{metric}]({output_path.name})\n\n{table}")
     return table

@@ -27,7 +27,8 @@ def default_log_path(output_dir: str | Path) -> Path:
 
 
 def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_file: str | None) -> list[str]:
-    """`key`: value in the config file -> value used, one per `--set` override (last one wins)."""
+    """`key`: value in the config file -> value used, one per `--set` override (last one wins); an override
+    that sets a key to the value the file already gives it is left out."""
     file_values: dict[str, Any] = {}
     if config_file:
         try:
@@ -37,9 +38,21 @@ def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_f
     keys = list(dict.fromkeys(o.split("=", 1)[0].strip() for o in overrides))
     lines = []
     for key in keys:
+        if key in file_values and file_values[key] == config.get(key):
+            continue  # set to the value the file already had: nothing differs
         before = json.dumps(file_values[key]) if key in file_values else "(default)"
         lines.append(f"  - `{key}`: {before} -> {json.dumps(config.get(key), default=str)}")
     return lines
+
+
+def full_validation(summary: Mapping[str, Any]) -> str:
+    """ "; full validation ..." when the run ended with a full evaluation (final_eval "full"), else ""."""
+    if summary.get("full_val_loss") is None:
+        return ""
+    return (
+        f"; full validation set ({number(summary.get('full_val_tokens'), ',')} tokens): loss "
+        f"{number(summary['full_val_loss'])}, {number(summary.get('full_val_bpb'))} bits/byte"
+    )
 
 
 def format_entry(
@@ -65,7 +78,8 @@ def format_entry(
     if config_file:
         lines.append(f"- Launched from: `{config_file}`")
     changed = override_lines(overrides, config, config_file)
-    lines.append("- Differs from the config file:" + ("" if changed else " nothing (no `--set` overrides)"))
+    nothing = " nothing (every `--set` repeats the file's value)" if overrides else " nothing (no `--set` overrides)"
+    lines.append("- Differs from the config file:" + ("" if changed else nothing))
     lines += changed
     if s.get("resumed_from_step") is not None:
         lines.append(f"- Resumed from step {s['resumed_from_step']}")
@@ -76,7 +90,8 @@ def format_entry(
     lines += [
         f"- Results: best val loss {number(s.get('best_val_loss'))}{best_step}; final val loss "
         f"{number(s.get('final_val_loss'))}, {number(s.get('final_val_bpb'))} bits/byte, perplexity "
-        f"{number(s.get('final_val_perplexity'), '.2f')}; final train loss {number(s.get('final_train_loss'))}",
+        f"{number(s.get('final_val_perplexity'), '.2f')}; final train loss {number(s.get('final_train_loss'))}"
+        + full_validation(s),
         f"- Scale: {number(s.get('steps'), ',')} steps, {tokens} tokens, {number(s.get('wallclock_s'), '.1f')} s "
         f"wall-clock (+{number(s.get('compile_s'), '.1f')} s compile), "
         f"{number(s.get('mean_tokens_per_sec'), ',.0f')} tokens/s",

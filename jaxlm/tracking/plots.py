@@ -110,22 +110,48 @@ def plot_lr_schedule(planned: Sequence[float] | None, rows: Sequence[Row], path:
     _save(fig, path)
 
 
-def plot_comparison(runs: Sequence[tuple[str, Sequence[Row]]], metric: str, path: Path) -> None:
-    """`metric` vs steps and vs wall-clock, one line per run."""
-    fig, (by_step, by_time) = _new_figure(12, 4.5, ncols=2)
+X_AXES = {
+    "steps": ("step", "gradient steps"),
+    "tokens": ("tokens", "tokens"),
+    "wallclock": ("wallclock_s", "wall-clock (s)"),
+}
+
+
+def running_mean(values: Sequence[float], window: int) -> list[float]:
+    """Trailing running mean: point i is the mean of values i - window + 1 .. i (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_comparison(
+    runs: Sequence[tuple[str, Sequence[Row]]], metric: str, path: Path, *, x: str | None = None, smooth: int = 1
+) -> None:
+    """`metric`, one line per run: against steps and wall-clock (two panels), or against `x` alone
+    ("steps", "tokens" or "wallclock"). `smooth` > 1 draws the train loss as a running mean of that many rows."""
+    panels = [X_AXES["steps"], X_AXES["wallclock"]] if x is None else [X_AXES[x]]
+    fig, axes = _new_figure(12 if x is None else 7.5, 4.5, ncols=len(panels))
     all_y: list[float] = []
     marker = "o" if metric.startswith("val") else None
     for label, rows in runs:
-        xs, ys = series(rows, metric)
-        ts, _ = series(rows, metric, "wallclock_s")
-        if not xs:
-            continue
-        line = by_step.plot(xs, ys, marker=marker, ms=3, label=label)[0]
-        if len(ts) == len(ys):
-            by_time.plot(ts, ys, marker=marker, ms=3, label=label, color=line.get_color())
-        all_y += ys
+        color = None
+        for ax, (x_key, _) in zip(axes, panels):
+            xs, ys = series(rows, metric, x_key)
+            if not xs:
+                continue
+            if smooth > 1 and metric == "train_loss":
+                ys = running_mean(ys, smooth)
+            line = ax.plot(xs, ys, marker=marker, ms=3, label=label, color=color)[0]
+            color = line.get_color()
+            all_y += ys
     name = METRIC_LABELS.get(metric, metric)
-    for ax, xlabel in ((by_step, "gradient steps"), (by_time, "wall-clock (s)")):
+    if smooth > 1 and metric == "train_loss":
+        name += f" (running mean of {smooth})"
+    for ax, (_, xlabel) in zip(axes, panels):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jaxlm.tracking.fmt import as_float
+from jaxlm.tracking.records import META_KEYS
 
 RUN_MARKERS = ("metrics.jsonl", "metrics.csv")
 
@@ -116,3 +118,23 @@ def load_run(path: str | Path) -> RunRecord:
     if not is_run_dir(path):
         raise NotARunError(f"'{path}' is not a run directory (no metrics.jsonl or metrics.csv)")
     return RunRecord(path, read_rows(path), _read_json(path / "config.json"), _read_json(path / "summary.json"))
+
+
+IGNORED_CONFIG_KEYS = frozenset(META_KEYS) | {"description"}  # say where and when, not what was run
+
+
+def differing_config_keys(runs: Sequence[RunRecord]) -> list[str]:
+    """Config keys whose values are not the same in every run that has a config (a key one of them lacks
+    counts as differing), in config order; run metadata and descriptions left out."""
+    runs = [run for run in runs if run.config]  # a run killed before writing config.json says nothing
+    keys = list(dict.fromkeys(k for run in runs for k in run.config if k not in IGNORED_CONFIG_KEYS))
+    cell = lambda run, k: json.dumps(run.config[k], default=str) if k in run.config else None  # noqa: E731
+    return [k for k in keys if len({cell(run, k) for run in runs}) > 1]
+
+
+def config_cell(run: RunRecord, key: str) -> str:
+    """A config value for a table cell: JSON as in config.json ("n/a" when the run lacks the key)."""
+    if key not in run.config:
+        return "n/a"
+    value = run.config[key]
+    return (value if isinstance(value, str) else json.dumps(value)).replace("|", "\\|")

@@ -1,6 +1,8 @@
-"""A sweep's write-up, read from its points' run directories: one PNG (validation loss vs
-steps and vs wall-clock, every point), one markdown table (best point and diverged
-points marked), and one grouped entry in EXPERIMENT_LOG.md."""
+"""A sweep's write-up, read from its points' run directories: `<prefix>_sweep.png` (train and
+validation curves, every point), `<prefix>_by_value.png` (validation loss against the swept value, or
+a heat map for two keys; `jaxlm.tracking.sweep_plots`), one markdown table (best point and diverged
+points marked, the config keys that differ, the full-validation loss when measured), and one grouped
+entry in EXPERIMENT_LOG.md."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jaxlm.tracking.evals import full_val_loss
 from jaxlm.tracking.explog import append_entry
 from jaxlm.tracking.fmt import markdown_table, number
-from jaxlm.tracking.plots import plot_comparison
-from jaxlm.tracking.runs import RunRecord, is_run_dir, load_run
+from jaxlm.tracking.runs import RunRecord, config_cell, differing_config_keys, is_run_dir, load_run
+from jaxlm.tracking.sweep_plots import PointCurves, ValuePoint, numeric, plot_by_value, plot_heatmap, plot_sweep_curves
 
 COLUMNS = (
     "",
@@ -28,10 +31,14 @@ COLUMNS = (
 )
 
 
+FULL_VAL_COLUMN = "full val loss"
+
+
 @dataclass(frozen=True)
 class SweepReport:
     png: Path
     markdown: Path
+    by_value: Path | None  # None when the grid is neither one numeric key nor two keys
     table: str
     statuses: dict[str, str]
     best: str | None  # name of the best point
@@ -62,7 +69,13 @@ def _best_point(runs: dict[str, RunRecord | None]) -> str | None:
 def sweep_table(
     points: Sequence, runs: dict[str, RunRecord | None], best: str | None, link_base: Path | None = None
 ) -> str:
-    """Markdown table, one row per point; `link_base` makes the point names links relative to it."""
+    """Markdown table, one row per point; `link_base` makes the point names links relative to it. Besides
+    COLUMNS: one column per config key that differs between the points, and the full-validation loss
+    when any point has one."""
+    found = [run for run in runs.values() if run is not None]
+    keys = differing_config_keys(found) if len(found) > 1 else []
+    full = any(full_val_loss(run.summary) is not None for run in found)
+    header = [*COLUMNS[:4], *([FULL_VAL_COLUMN] if full else []), *COLUMNS[4:], *(f"`{k}`" for k in keys)]
     rows = []
     for point in points:
         run = runs[point.name]
@@ -70,7 +83,7 @@ def sweep_table(
         if link_base is not None and run is not None:
             label = f"[{point.label}]({Path(os.path.relpath(run.path.resolve(), link_base.resolve())).as_posix()})"
         if run is None:
-            cells = [label, _status_cell(None)] + ["n/a"] * 6
+            cells = [label, _status_cell(None)] + ["n/a"] * (len(header) - 3)
         else:
             best_val = run.best("val_loss")
             s = run.summary if run.status not in ("running", None) else {}
@@ -78,17 +91,58 @@ def sweep_table(
                 label,
                 _status_cell(run),
                 f"{best_val[1]:.4f} ({best_val[0]})" if best_val else "n/a",
+                *([number(full_val_loss(run.summary), ".4f", finite_only=True)] if full else []),
                 number(run.final("val_loss"), ".4f", finite_only=True),
                 number(run.final("val_bpb"), ".3f", finite_only=True),
                 number(s.get("steps", run.last("step")), ",.0f", finite_only=True),
                 number(s.get("wallclock_s", run.last("wallclock_s")), ".1f", finite_only=True),
                 number(run.mean_tokens_per_sec(), ",.0f", finite_only=True),
+                *(config_cell(run, k) for k in keys),
             ]
         mark = "**best**" if point.name == best else ""
         if mark:
             cells[0] = f"**{cells[0]}**"
         rows.append([mark, *cells])
-    return markdown_table(COLUMNS, rows)
+    return markdown_table(header, rows)
+
+
+def _diverged_step(run: RunRecord) -> int | None:
+    if run.status != "diverged":
+        return None
+    step = run.summary.get("diverged_step", run.summary.get("steps", run.last("step")))
+    return int(step) if step is not None else 0
+
+
+def write_figures(points: Sequence, runs: dict[str, RunRecord | None], output_dir: Path, prefix: str) -> list[Path]:
+    """`<prefix>_sweep.png`, and `<prefix>_by_value.png` for a one-key numeric or a two-key grid."""
+    found = [(p, runs[p.name]) for p in points if runs[p.name] is not None]
+    png = output_dir / f"{prefix}_sweep.png"
+    curves = [PointCurves(p.label, run.rows, _diverged_step(run), dict(p.values)) for p, run in found]
+    plot_sweep_curves(curves, png, f"sweep {prefix}: {len(points)} points")
+    keys = list(dict.fromkeys(k for p in points for k, _ in p.values))
+    by_value = output_dir / f"{prefix}_by_value.png"
+    if len(keys) == 1 and numeric([v for p, _ in found for _, v in p.values]) and found:
+        values = [
+            ValuePoint(
+                float(p.values[0][1]),
+                run.best("val_loss")[1] if run.best("val_loss") else None,
+                run.final("val_loss"),
+                _diverged_step(run),
+            )
+            for p, run in found
+        ]
+        plot_by_value(values, keys[0], by_value, f"sweep {prefix}: validation loss by {keys[0]}")
+        return [png, by_value]
+    if len(keys) == 2 and found:
+        axes = [list(dict.fromkeys(dict(p.values)[k] for p in points)) for k in keys]
+        cells = {}
+        for p, run in found:
+            best = run.best("val_loss")
+            value = "diverged" if run.status == "diverged" else best[1] if best else None
+            cells[(dict(p.values)[keys[0]], dict(p.values)[keys[1]])] = value
+        plot_heatmap((keys[0], keys[1]), axes[0], axes[1], cells, by_value, f"sweep {prefix}: best validation loss")
+        return [png, by_value]
+    return [png]
 
 
 def write_report(
@@ -100,13 +154,8 @@ def write_report(
     runs = {p.name: load_run(output_dir / p.name) if is_run_dir(output_dir / p.name) else None for p in points}
     statuses = {name: (run.status if run is not None else "not started") for name, run in runs.items()}
     best = _best_point(runs)
-    png = output_dir / f"{prefix}_sweep.png"
-    curves = [
-        (p.label + (" (diverged)" if statuses[p.name] == "diverged" else ""), runs[p.name].rows)
-        for p in points
-        if runs[p.name] is not None
-    ]
-    plot_comparison(curves, "train_loss", png)  # logged every few steps: diverged points show their blow-up
+    figures = write_figures(points, runs, output_dir, prefix)
+    png = figures[0]
     table = sweep_table(points, runs, best, link_base=output_dir)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(_count(statuses.values()).items()))
     best_line = "none (no point finished with a validation loss)"
@@ -116,7 +165,7 @@ def write_report(
     markdown = output_dir / f"{prefix}_sweep.md"
     markdown.write_text(
         f"# Sweep `{prefix}`: {len(points)} points ({counts})\n\n"
-        f"`{command}`\n\nBest: {best_line}\n\n![training loss]({png.name})\n\n{table}"
+        f"`{command}`\n\nBest: {best_line}\n\n" + "".join(f"![{f.stem}]({f.name})\n\n" for f in figures[::-1]) + table
     )
     if experiment_log is not None:
         append_entry(
@@ -125,7 +174,8 @@ def write_report(
                 points, runs, best, best_line, counts, command, base_config, png, markdown, Path(experiment_log)
             ),
         )
-    return SweepReport(png, markdown, sweep_table(points, runs, best), statuses, best)
+    by_value = figures[1] if len(figures) > 1 else None
+    return SweepReport(png, markdown, by_value, sweep_table(points, runs, best), statuses, best)
 
 
 def _count(values) -> dict[str, int]:

@@ -172,17 +172,9 @@ class RunCheckpoints:
         self.mngr.close()
 
 
-def load(run_dir: str | Path, which: str | int = "best") -> tuple[nnx.Module, Config]:
-    """The trained model of a run and its Config; `which` is "best", "latest" or a step number.
-
-    Only the params are read (not the optimizer state); arrays land on JAX's default device.
-    """
-    from jaxlm.model.transformer import build_model
-
-    config = RunDir(run_dir).config()
-    graphdef, params_shape = nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), params_shape)
+def restore_params(run_dir: str | Path, which: str | int, target: Any) -> tuple[Any, int]:
+    """(params, step) of a saved checkpoint, read into `target`'s shapes, dtypes and shardings (a tree of
+    `jax.ShapeDtypeStruct`); only the params are read, not the optimizer state."""
     mngr = open_manager(run_dir, read_only=True)
     try:
         step = choose_step(mngr, which, run_dir)
@@ -195,4 +187,19 @@ def load(run_dir: str | Path, which: str | int = "best") -> tuple[nnx.Module, Co
             ) from None
     finally:
         mngr.close()
+    return params, step
+
+
+def load(run_dir: str | Path, which: str | int = "best") -> tuple[nnx.Module, Config]:
+    """The trained model of a run and its Config; `which` is "best", "latest" or a step number.
+
+    Only the params are read (not the optimizer state); arrays land on JAX's default device.
+    """
+    from jaxlm.model.transformer import build_model
+
+    config = RunDir(run_dir).config()
+    graphdef, params_shape = nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), params_shape)
+    params, _ = restore_params(run_dir, which, target)
     return nnx.merge(graphdef, params), config

@@ -4,7 +4,7 @@ Metrics come to the host one step late: step s+1 is dispatched before step s's
 loss is read, so the device never waits on Python. The loop talks to the run's
 records only through the `RunTracker` protocol, handing it plain values.
 `TrainingLoop` is the loop half of `jaxlm.train.trainer.Trainer`, which provides
-the state (params, opt_state, step, compiled steps) and `batch`, `evaluate`,
+the state (params, opt_state, step, compiled steps) and `batch`, `evaluate`, `evaluate_full`,
 `sample`, `checkpoint_meta`.
 """
 
@@ -169,6 +169,8 @@ class TrainingLoop:
             return None
         t0 = time.perf_counter()
         evals = self.evaluate()
+        if last and self.c.final_eval == "full":
+            evals.update(self.evaluate_full())
         loop.sample = self.sample()
         if loop.sample is not None:
             self.tracker.log_sample(self.step, self.c.sample_prompt, loop.sample)
@@ -251,6 +253,7 @@ class TrainingLoop:
             final_val_bpb=last_row.get("val_bpb"),
             best_val_loss=loop.best["val_loss"],
             best_val_step=loop.best["step"],
+            **{k: v for k, v in last_row.items() if k.startswith("full_val_")},  # final_eval "full"
             **meter.throughput(meter.mean_tokens_per_sec(self.step), "mean_"),
             flops_per_token=flops_per_token(c),
         )

@@ -21,6 +21,7 @@ from jaxlm.model.weights import import_safetensors
 from jaxlm.tracking.protocol import RunTracker
 from jaxlm.train.checkpoint import RunCheckpoints
 from jaxlm.train.distributed import primary_first
+from jaxlm.train.full_eval import compile_nll_sum, evaluate_tokens
 from jaxlm.train.hardware import peak_flops_for
 from jaxlm.train.loop import TrainingLoop
 from jaxlm.train.meter import Meter
@@ -54,6 +55,7 @@ class Trainer(TrainingLoop):
         self.eval_step = compile_eval_step(c, self.graphdef, self.layout, self.params)
         self.compile_s = time.perf_counter() - t0
         self.decoder: Decoder | None = None
+        self.full_eval_step = None  # compiled on the first full evaluation
         self.step = 0  # updates applied so far
         self.tracker: RunTracker | None = None
         self.checkpoints: RunCheckpoints | None = None
@@ -65,6 +67,7 @@ class Trainer(TrainingLoop):
         self.train_tokens = open_tokens(files.train, c.vocab_size, c.context_length).tokens
         val = open_tokens(files.val, c.vocab_size, c.context_length)
         self.val_set = eval_batches(val.tokens, c.eval_batches, c.batch_size, c.context_length)
+        self.val_tokens = val.tokens  # memory-mapped; the full evaluation streams it
         self.val_bytes_per_token = val.bytes_per_token
         self.tokenizer_path = files.tokenizer
         self.tokenizer = load_tokenizer(files.tokenizer) if files.tokenizer else None
@@ -111,6 +114,29 @@ class Trainer(TrainingLoop):
         if self.val_bytes_per_token:
             out["val_bpb"] = loss / math.log(2) / self.val_bytes_per_token
         return out
+
+    def evaluate_full(self) -> dict[str, float]:
+        """Every token of the validation file (`jaxlm.train.full_eval`), as `full_val_*` row fields; batches
+        of batch_size / grad_accum_steps windows, the micro-batch training already fits in memory."""
+        c = self.c
+        batch = c.batch_size // c.grad_accum_steps
+        if self.full_eval_step is None:
+            self.full_eval_step = compile_nll_sum(self.graphdef, self.layout, self.params, batch, c.context_length)
+        r = evaluate_tokens(
+            self.val_tokens,
+            self.graphdef,
+            self.params,
+            self.layout,
+            batch_size=batch,
+            context_length=c.context_length,
+            vocab_size=c.vocab_size,
+            bytes_per_token=self.val_bytes_per_token,
+            step_fn=self.full_eval_step,
+        )
+        out = {"full_val_loss": r.loss, "full_val_perplexity": r.perplexity, "full_val_tokens": r.tokens}
+        if r.bpb is not None:
+            out["full_val_bpb"] = r.bpb
+        return {**out, "full_val_seconds": r.seconds}
 
     def sample(self, seed: int | None = None) -> str | None:
         c = self.c

@@ -118,3 +118,24 @@ def test_cli_entry_point(three_runs, tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope" in proc.stderr
+
+
+def test_smooth_x_axis_and_columns_for_the_keys_that_differ(three_runs, tmp_path):
+    out = tmp_path / "tok.png"
+    runs = [str(three_runs / "lr_1e-3"), str(three_runs / "lr_1e-1")]
+    table = compare.compare_runs(runs, out, metric="train_loss", x="tokens", smooth=4)
+    header = table.splitlines()[0]
+    # the two runs differ in learning rate, min_learning_rate and max_iterations; description is not a key
+    assert header.endswith("| `learning_rate` | `min_learning_rate` | `max_iterations` |")
+    assert table.splitlines()[2].endswith("| 0.001 | 0.0001 | 20 |")
+    assert mpimg.imread(out).shape[1] == 750  # one panel: tokens
+    with pytest.raises(ValueError, match="--smooth 0"):
+        compare.compare_runs(runs, out, smooth=0)
+    assert compare.main([*runs, "-o", str(out), "--x", "wallclock", "--smooth", "3"]) == 0
+
+
+def test_running_mean():
+    from jaxlm.tracking.plots import running_mean
+
+    assert running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert running_mean([2.0, 4.0], 1) == [2.0, 4.0]

@@ -83,6 +83,8 @@ def test_two_runs_append_two_entries_and_leave_the_first_unchanged(project):
                 "learning_rate=0.003",
                 "--set",
                 "warmup_iters=2",
+                "--set",
+                "batch_size=2",  # the file's own value: not a difference
             ]
         )
         == 0
@@ -92,6 +94,7 @@ def test_two_runs_append_two_entries_and_leave_the_first_unchanged(project):
     second = both[len(first) :]
     assert "b · completed" in second and "does lr matter?" in second
     assert "`learning_rate`: 0.001 -> 0.003" in second and "`warmup_iters`: 1 -> 2" in second
+    assert "batch_size" not in second
 
 
 def test_log_path_option_and_opt_out(project):
