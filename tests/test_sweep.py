@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from jaxlm.errors import ConfigError
-from jaxlm.sweep import expand, main, parse_grid
+from jaxlm.sweep import main
 from jaxlm.tracking import ExperimentTracker
+from jaxlm.train.grid import expand, parse_grid
 
 SAMPLE = Path(__file__).resolve().parent.parent / "jaxlm" / "data" / "tinystories_sample"
 TINY = {

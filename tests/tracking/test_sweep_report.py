@@ -13,6 +13,7 @@ from jaxlm import sweep
 from jaxlm.tracking import ExperimentTracker
 from jaxlm.tracking.sweep_plots import PointCurves, ValuePoint, plot_by_value, plot_sweep_curves
 from jaxlm.tracking.sweep_report import sweep_table
+from jaxlm.train import grid
 
 LRS = {"1e-3": 3.0, "3e-3": 2.5, "1e-2": 2.8, "1": None}  # final-ish loss; None = diverges at step 5
 
@@ -88,7 +89,7 @@ def test_report_from_existing_runs_writes_both_figures_and_the_table(lr_sweep, c
     row = next(line for line in table.splitlines() if line.startswith("| ") and "learning_rate=3e-3" in line)
     assert "2.6100" in row and "**best**" in row and "| 0.003 |" in row
     assert "**DIVERGED** at step 5" in out
-    assert [p.name for p in sweep.find_points(lr_sweep, "lr")] == [
+    assert [p.name for p in grid.find_points(lr_sweep, "lr")] == [
         f"lr_learning_rate={v}" for v in ("1e-3", "3e-3", "1e-2", "1")
     ]  # numeric order
 
@@ -103,7 +104,7 @@ def test_two_key_grid_gets_a_heat_map_and_names_parse(tmp_path, capsys):
                 {"learning_rate": float(lr), "min_learning_rate": float(mlr)},
                 2 + float(lr),
             )
-    points = sweep.find_points(runs, "g")
+    points = grid.find_points(runs, "g")
     assert points[0].values == (("learning_rate", "1e-3"), ("min_learning_rate", "1e-5"))
     assert sweep.main(["--report", "g", "--output-dir", str(runs)]) == 0
     assert mpimg.imread(runs / "g_by_value.png").shape[0] > 100
