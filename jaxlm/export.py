@@ -13,6 +13,7 @@ from pathlib import Path
 from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.rundir import parse_checkpoint
 from jaxlm.runtime import run_command
+from jaxlm.tracking.outputs import OutputError, check_output_files
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -22,6 +23,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run", required=True, type=Path, help="run directory, e.g. runs/tinystories_17m")
     p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default best)")
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
+    p.add_argument("--force", action="store_true", help="replace --out (and its .json) if they exist")
     return p.parse_args(argv)
 
 
@@ -30,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out.suffix != ".safetensors":
             raise UserError(f"--out '{args.out}': expected a .safetensors file name")
+        try:
+            check_output_files([args.out, args.out.with_suffix(".json")], force=args.force)
+        except OutputError as e:
+            raise UserError(str(e)) from None
         from flax import nnx
 
         from jaxlm.model.weights import export_safetensors
@@ -39,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    weights, config_path = export_safetensors(nnx.state(model, nnx.Param), config, args.out)
+    try:
+        weights, config_path = export_safetensors(nnx.state(model, nnx.Param), config, args.out)
+    except OSError as e:
+        print(f"error: --out '{args.out}': cannot write it ({e.strerror or e})", file=sys.stderr)
+        return EXIT_USAGE
     print(f"wrote {weights} and {config_path}")
     return EXIT_OK
 

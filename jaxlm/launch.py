@@ -16,8 +16,18 @@ from pathlib import Path
 
 from jaxlm.config import Config, load_config
 from jaxlm.errors import EXIT_ABORTED, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
-from jaxlm.rundir import RunDir, check_name, check_new_run_dir, check_writable, clear_for_new_run, resume_config
-from jaxlm.runtime import describe_process, run_command
+from jaxlm.rundir import (
+    NO_CHECKPOINT,
+    RunClaim,
+    RunDir,
+    check_name,
+    check_new_run_dir,
+    check_writable,
+    claim_run,
+    resume_config,
+    saved_checkpoint_steps,
+)
+from jaxlm.runtime import describe_process, exit_on_signal, run_command
 from jaxlm.tracking.fmt import number
 from jaxlm.train.flops import flops_per_token, param_counts
 
@@ -70,9 +80,9 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     if args.description is not None:
         overrides.append(f"description={args.description}")
     if args.resume is not None:
-        return resume_config(args.resume, overrides), Path(args.resume).name
+        return resume_config(args.resume, overrides), Path(args.resume).resolve().name
     config = load_config(args.config, overrides)
-    name = args.name or Path(args.config).stem
+    name = Path(args.config).stem if args.name is None else args.name
     check_name(name)
     return config, name
 
@@ -93,6 +103,7 @@ def describe(config: Config, name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    claim: RunClaim | None = None
     try:
         config, name = resolve(args)
         if args.dry_run:
@@ -100,12 +111,20 @@ def main(argv: list[str] | None = None) -> int:
             print(describe_process())
             return EXIT_OK
         run_dir = preflight(args, config, name)
-        trainer = build_trainer(args, config, run_dir)
+        claim = claim_run_dir(args, run_dir)
+        with exit_on_signal("data preparation and compilation", claim.abandon if claim else None):
+            trainer = build_trainer(args, config, run_dir)
+        tracker = open_tracker(args, config, name, run_dir, trainer, claim)
     except UserError as e:
+        if claim is not None:
+            claim.abandon()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    tracker = open_tracker(args, config, name, run_dir, trainer)
-    return train(trainer, tracker, name, run_dir)
+    try:
+        return train(trainer, tracker, name, run_dir)
+    finally:
+        if claim is not None:
+            claim.lock.release()
 
 
 def preflight(args: argparse.Namespace, config: Config, name: str) -> Path:
@@ -114,25 +133,34 @@ def preflight(args: argparse.Namespace, config: Config, name: str) -> Path:
     from jaxlm.data.sources import check_sources
 
     check_sources(config)
-    run_dir = Path(args.resume) if args.resume else Path(args.output_dir) / name
+    run_dir = Path(args.resume).resolve() if args.resume else Path(args.output_dir) / name
     if args.resume is None:
         check_new_run_dir(run_dir, args.overwrite)
     check_writable(run_dir.parent)
     return run_dir
 
 
+def claim_run_dir(args: argparse.Namespace, run_dir: Path) -> RunClaim | None:
+    """Join the other processes, then (process 0) own the run directory for this process's life:
+    created atomically and locked, so a second launch, resume or overwrite of it is refused."""
+    from jaxlm.train import distributed
+
+    distributed.initialize_from_env()  # multi-process runs: before anything touches JAX or Orbax
+    if not distributed.is_primary():
+        return None
+    return claim_run(run_dir, resume=args.resume is not None, overwrite=args.overwrite)
+
+
 def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):
-    """Join the other processes, prepare data, compile and (on resume) restore; the run directory is
-    still untouched."""
+    """Prepare data, compile and (on resume) restore; the run directory holds only its lock (a new run)."""
     from jaxlm.train import distributed, sharding
     from jaxlm.train.trainer import Trainer
 
-    distributed.initialize_from_env()  # multi-process runs: before anything touches JAX or Orbax
     which = args.resume_step if args.resume_step is not None else "latest"
     if args.resume is not None:
         from jaxlm.train.checkpoint import check_resumable
 
-        step = check_resumable(run_dir, which)
+        step = check_resumable(run_dir, which, config)
         if step >= config.max_iterations:
             raise UserError(
                 f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
@@ -145,7 +173,7 @@ def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):
     return trainer
 
 
-def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: Path, trainer):
+def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: Path, trainer, claim):
     """The run's records: written by process 0 only (a new run directory, or the resumed one reopened)."""
     from jaxlm.tracking import ExperimentTracker
     from jaxlm.tracking.explog import default_log_path
@@ -162,7 +190,7 @@ def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: P
         return ExperimentTracker.resume(
             run_dir, trainer.step, config=record, wallclock_s=trainer.resumed.get("wallclock_s", 0.0), **tracking
         )
-    clear_for_new_run(run_dir)
+    claim.replace_old()  # --overwrite: only now, with every check passed
     return ExperimentTracker(name, record, args.output_dir, config_file=args.config, **tracking)
 
 
@@ -173,11 +201,17 @@ def train(trainer, tracker, name: str, run_dir: Path) -> int:
     try:
         result = trainer.run(tracker)
     except KeyboardInterrupt:
-        tracker.finalize(status="interrupted", steps=trainer.step, interrupted_by="second stop signal (aborted)")
-        print(
-            f"\naborted at step {trainer.step}; resume from the last checkpoint with --resume {run_dir}",
-            file=sys.stderr,
+        saved = saved_checkpoint_steps(run_dir)
+        resume = {} if saved else {"resume": NO_CHECKPOINT}
+        tracker.finalize(
+            status="interrupted", steps=trainer.step, interrupted_by="second stop signal (aborted)", **resume
         )
+        then = (
+            f"resume from step {saved[-1]} with --resume {run_dir}"
+            if saved
+            else f"{NO_CHECKPOINT}: nothing to resume; start it again with --overwrite"
+        )
+        print(f"\nerror: aborted at step {trainer.step}; {then}", file=sys.stderr)
         return EXIT_ABORTED
     except UserError as e:
         tracker.finalize(status="failed", error=str(e))
