@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from jaxlm.config import FIELDS, Config, build_config, config_values, parse_override
+from jaxlm.config import FIELDS, Config, build_config, config_values, loads_strict, parse_override
 from jaxlm.errors import ConfigError, UserError
 from jaxlm.tracking import runlock
 
@@ -62,8 +62,8 @@ class RunDir:
         if not self.config_path.is_file():
             raise UserError(f"{self.what} '{self.path}': no config.json there (is it a jaxlm run directory?)")
         try:
-            raw = json.loads(self.config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raw = loads_strict(self.config_path.read_bytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, OSError) as e:
             raise UserError(f"{self.what} '{self.path}': config.json is not valid JSON ({e})") from None
         if not isinstance(raw, dict):
             raise UserError(f"{self.what} '{self.path}': config.json does not hold a JSON object")
@@ -78,7 +78,7 @@ class RunDir:
         raw = self.raw_config()
         raw.update(config.to_dict())
         tmp = self.config_path.with_name(self.CONFIG + ".tmp")
-        tmp.write_text(json.dumps(raw, indent=2) + "\n")
+        tmp.write_text(json.dumps(raw, indent=2, allow_nan=False) + "\n")
         os.replace(tmp, self.config_path)
 
 
