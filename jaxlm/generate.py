@@ -15,7 +15,6 @@ from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.rundir import parse_checkpoint
 from jaxlm.runtime import run_command
 
-
 MAX_NEW_TOKENS = 100_000  # a bound, so a typo cannot hang the command
 
 

@@ -133,7 +133,7 @@ def is_jaxlm_run(path: Path) -> bool:
 
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     """The cheap checks before compile (the claim itself, `claim_run`, is atomic and comes later)."""
-    if not run_dir.exists() and not run_dir.is_symlink():
+    if not run_dir.exists() and not run_dir.is_symlink() or _abandoned_claim(run_dir):
         return
     if not overwrite:
         raise UserError(
@@ -150,6 +150,20 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise UserError(f"--overwrite: run directory '{run_dir}' is in use by {who}")
 
 
+def _abandoned_claim(run_dir: Path) -> bool:
+    """A directory holding nothing but a free lock: a launch killed before its run began. It is
+    taken over by the next launch of that name, as if it were not there."""
+    try:
+        return (
+            run_dir.is_dir()
+            and not run_dir.is_symlink()
+            and {p.name for p in run_dir.iterdir()} == {runlock.LOCK_FILE}
+            and runlock.holder(run_dir) is None
+        )
+    except OSError:
+        return False
+
+
 class RunClaim:
     """This process's ownership of a run directory: the lock, and what to undo if the run never starts.
 
@@ -159,6 +173,7 @@ class RunClaim:
 
     def __init__(self, run_dir: Path, lock: runlock.RunLock, created: bool, replaces: bool):
         self.run_dir, self.lock, self.created, self.replaces = run_dir, lock, created, replaces
+        self.made_parents: Path | None = None  # the topmost folder above run_dir that claim_run created
 
     def replace_old(self) -> None:
         """--overwrite: move the old run aside, make and lock a fresh directory, then delete the old one."""
@@ -181,9 +196,13 @@ class RunClaim:
             if self.created and self.lock.held and {p.name for p in self.run_dir.iterdir()} <= {runlock.LOCK_FILE}:
                 (self.run_dir / runlock.LOCK_FILE).unlink(missing_ok=True)
                 self.run_dir.rmdir()
+                folder = self.run_dir.absolute().parent
+                while self.made_parents and folder != self.made_parents.parent:  # folders made for it
+                    folder.rmdir()
+                    folder = folder.parent
         except OSError:
             pass
-        self.lock.release()
+        self.lock.release(remove=not self.replaces)  # an --overwrite's old run keeps its lock file
 
 
 def _acquire(run_dir: Path) -> runlock.RunLock:
@@ -202,19 +221,28 @@ def claim_run(run_dir: Path, *, resume: bool = False, overwrite: bool = False) -
         if not run_dir.is_dir():
             raise UserError(f"--resume '{run_dir}': no such run directory")
         return RunClaim(run_dir, _acquire(run_dir), created=False, replaces=False)
+    made_parents = None
+    for folder in reversed(run_dir.absolute().parents):
+        if not folder.exists():
+            made_parents = folder
+            break
     try:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(run_dir)
     except FileExistsError:
         check_new_run_dir(run_dir, overwrite)  # raises unless --overwrite of an idle jaxlm run
         lock = _acquire(run_dir)
+        if {p.name for p in run_dir.iterdir()} == {runlock.LOCK_FILE}:  # an abandoned claim, now ours
+            return RunClaim(run_dir, lock, created=True, replaces=False)
         if not is_jaxlm_run(run_dir):  # changed between the check and the lock
             lock.release()
             raise UserError(f"--overwrite: '{run_dir}' is not a jaxlm run directory; refusing to delete it") from None
         return RunClaim(run_dir, lock, created=False, replaces=True)
     except OSError as e:
         raise UserError(f"run directory '{run_dir}': cannot create it ({e.strerror})") from None
-    return RunClaim(run_dir, _acquire(run_dir), created=True, replaces=False)
+    claim = RunClaim(run_dir, _acquire(run_dir), created=True, replaces=False)
+    claim.made_parents = made_parents
+    return claim
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:

@@ -38,15 +38,20 @@ def _holder_text(lock_path: Path) -> str:
 class RunLock:
     """An acquired lock on a run directory; `release()` (or process exit) frees it."""
 
-    def __init__(self, run_dir: Path, fd: int):
+    def __init__(self, run_dir: Path, fd: int, created: bool = False):
         self.run_dir, self.fd = run_dir, fd
+        self.created = created  # this process made the lock file (a refused command may take it away again)
 
     @property
     def held(self) -> bool:
         return self.fd >= 0
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
+        """Drop the lock; with `remove`, also delete the lock file if this process created it (a command
+        that was refused leaves the directory as it found it)."""
         if self.fd >= 0:
+            if remove and self.created:
+                (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
             os.close(self.fd)  # closing the only descriptor drops the flock
             self.fd = -1
 
@@ -55,7 +60,10 @@ def acquire(run_dir: str | Path) -> RunLock:
     """Lock `run_dir` (which must exist) for this process; RunInUseError naming the holder if it is taken."""
     run_dir = Path(run_dir)
     path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), True
+    except FileExistsError:
+        fd, created = os.open(path, os.O_RDWR | os.O_CLOEXEC), False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -66,7 +74,7 @@ def acquire(run_dir: str | Path) -> RunLock:
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode(), 0)
-    return RunLock(run_dir, fd)
+    return RunLock(run_dir, fd, created)
 
 
 def holder(run_dir: str | Path) -> str | None:

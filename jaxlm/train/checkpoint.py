@@ -157,7 +157,7 @@ def check_resumable(run_dir: str | Path, which: str | int = "latest", config: Co
     try:
         if not mngr.all_steps():
             raise CheckpointError(
-                f"--resume '{run_dir}': no finished checkpoint ({NO_CHECKPOINT}): nothing to resume; "
+                f"--resume '{run_dir}': no checkpoint yet ({NO_CHECKPOINT}): nothing to resume; "
                 f"start it again with --overwrite"
             )
         step = choose_step(mngr, which, run_dir)
