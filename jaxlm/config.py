@@ -80,7 +80,7 @@ class Config:
 
     # --- training details ---
     eval_batches: int = 20
-    """Fixed validation batches per evaluation, the same ones every time so evaluations compare."""
+    """(At most 10,000.) Fixed validation batches per evaluation, the same ones every time so evaluations compare."""
     cosine_cycle_iters: int | None = None
     """Step where the cosine reaches `min_learning_rate`; null = `max_iterations`."""
     adam_eps: float = 1e-8
@@ -303,6 +303,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return build_config(read_config_file(path), parsed)
 
 
+MAX_EVAL_BATCHES = 10_000  # each is kept on the device for the whole run
 MAX_SAMPLE_TOKENS = 4096  # a sample is a glance at the model at each eval, not a generation job
 
 
@@ -349,6 +350,8 @@ def validate(c: Config) -> None:
     if c.divergence_factor <= 1:
         raise ConfigError(f"config key 'divergence_factor': must be > 1, got {c.divergence_factor}")
     validate_scale_out(c)
+    if c.eval_batches > MAX_EVAL_BATCHES:
+        raise ConfigError(f"config key 'eval_batches': at most {MAX_EVAL_BATCHES:,}, got {c.eval_batches:,}")
     if not 0 <= c.sample_tokens <= MAX_SAMPLE_TOKENS:
         raise ConfigError(f"config key 'sample_tokens': must be 0 .. {MAX_SAMPLE_TOKENS}, got {c.sample_tokens}")
 

@@ -29,6 +29,7 @@ from jaxlm.rundir import (
 )
 from jaxlm.runtime import describe_process, exit_on_signal, run_command
 from jaxlm.tracking.fmt import number
+from jaxlm.train import memory
 from jaxlm.train.flops import flops_per_token, param_counts
 
 EXIT_BY_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
@@ -96,6 +97,7 @@ def describe(config: Config, name: str) -> str:
         f"({counts['embedding']:,} in the token embedding)",
         f"FLOPs per token (train): {flops_per_token(config):,}",
         f"tokens per step: {config.tokens_per_step:,}; total: {config.tokens_per_step * config.max_iterations:,}",
+        memory.describe(config),
     ]
     return "\n".join(lines)
 
@@ -167,6 +169,11 @@ def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):
                 f"{config.max_iterations}; continue further with --set max_iterations=N"
             )
     sharding.check_mesh(config)
+    import jax
+
+    from jaxlm.train.memory import check_fits
+
+    check_fits(config, jax.device_count())  # before data preparation, the tokenizer trainer or any array
     trainer = Trainer(config, progress=not args.quiet and distributed.is_primary())
     if args.resume is not None:
         trainer.restore(run_dir, which)
@@ -217,6 +224,16 @@ def train(trainer, tracker, name: str, run_dir: Path) -> int:
         tracker.finalize(status="failed", error=str(e))
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # disk full, a vanished folder: the run's fault line, not a traceback
+        what = f"{e.strerror or e} ({e.filename})" if getattr(e, "filename", None) else str(e.strerror or e)
+        try:
+            tracker.finalize(status="failed", error=f"OSError: {what}")
+        except Exception:  # noqa: BLE001 - the same disk may refuse the summary too
+            pass
+        saved = saved_checkpoint_steps(run_dir)
+        then = f"resume from step {saved[-1]} with --resume {run_dir}" if saved else "no checkpoint was saved"
+        print(f"error: stopped at step {trainer.step}: {what}; {then}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:
         tracker.finalize(status="failed", error=f"{type(e).__name__}: {e}")
         raise

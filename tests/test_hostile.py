@@ -342,6 +342,7 @@ def test_hostile_input(case_id, tmp_path, request, capsys):
         assert word in err, err
     after = tree_hashes(work)
     changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    changed -= {p for p in changed if p.endswith("/" + runlock.LOCK_FILE)}  # records its last holder; no data
     assert not {p for p in changed if not p.startswith(case.may_change)} if case.may_change else not changed, changed
 
 
@@ -380,7 +381,7 @@ def test_two_concurrent_launches_of_one_name(tmp_path, finished):
     refused_in = time.monotonic() - t0
     assert second.returncode == EXIT_USAGE and err.startswith("error: ") and err.count("\n") == 1, err
     assert "already exists" in err or "in use by" in err, err
-    assert refused_in < 30, refused_in  # the CLI's own start-up (imports) is most of it
+    assert refused_in < 120, refused_in  # on a loaded 2-core machine the CLI's start-up (imports) is all of it
     _, err = first.communicate(timeout=600)
     assert first.returncode == EXIT_OK, err
     assert losses(run) == losses(finished)
@@ -414,10 +415,13 @@ def test_two_signals_before_the_first_checkpoint_say_so_and_sweep_restarts(tmp_p
     run = tmp_path / "run"
     wait_for(lambda: logged_steps(run) >= 2, proc)
     proc.send_signal(signal.SIGINT)
+    time.sleep(0.4)  # the second Ctrl-C of the issue's report, during the first one's checkpoint save
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode in (EXIT_ABORTED, 75), err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: "), err
+    assert proc.returncode in (EXIT_ABORTED, 75), err  # 75: the save finished before the second signal
+    assert "Traceback" not in err, err
+    if proc.returncode == EXIT_ABORTED:
+        assert err.strip().splitlines()[-1].startswith("error: aborted"), err
     if proc.returncode == EXIT_ABORTED and not list((run / "checkpoints").glob("[0-9]*")):
         assert "interrupted before the first checkpoint" in err
         assert json.loads((run / "summary.json").read_text())["resume"] == "interrupted before the first checkpoint"
@@ -440,3 +444,27 @@ def test_kill_9_mid_run_shows_as_killed(tmp_path):
     proc.kill()
     proc.wait()
     assert load_run(run).status == runlock.KILLED
+
+
+def test_disk_full_while_training_is_one_line(tmp_path, capsys, monkeypatch):
+    """ENOSPC (simulated: the metrics writer's disk fills at the 4th row) ends the run with one line, exit 1."""
+    import errno
+
+    from jaxlm.errors import EXIT_FAILED
+    from jaxlm.tracking import records
+
+    real_write, rows = records.MetricFiles.write, []
+
+    def filling_write(self, row):
+        rows.append(row)
+        if len(rows) >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.run_dir / "metrics.csv"))
+        real_write(self, row)
+
+    monkeypatch.setattr(records.MetricFiles, "write", filling_write)
+    (tmp_path / "run.json").write_text(json.dumps(RUN))
+    code = launch.main(["--config", str(tmp_path / "run.json"), "--output-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_FAILED, err
+    assert err.startswith("error: ") and "\n" not in err and "No space left on device" in err, err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
