@@ -458,7 +458,7 @@ def test_disk_full_while_training_is_one_line(tmp_path, capsys, monkeypatch):
     def filling_write(self, row):
         rows.append(row)
         if len(rows) >= 4:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.run_dir / "metrics.csv"))
+            raise OSError(errno.ENOSPC, "No space left on device", "metrics.csv")
         real_write(self, row)
 
     monkeypatch.setattr(records.MetricFiles, "write", filling_write)
