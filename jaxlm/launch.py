@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         run_dir = preflight(args, config, name)
         claim = claim_run_dir(args, run_dir)
-        with exit_on_signal("data preparation and compilation", claim.abandon if claim else None):
+        outcome = f"the run is as it was (--resume {run_dir} again)" if args.resume else "nothing was written"
+        with exit_on_signal("data preparation and compilation", claim.abandon if claim else None, outcome=outcome):
             trainer = build_trainer(args, config, run_dir)
-        tracker = open_tracker(args, config, name, run_dir, trainer, claim)
+            tracker = open_tracker(args, config, name, run_dir, trainer, claim)
     except UserError as e:
         if claim is not None:
             claim.abandon()

@@ -98,7 +98,9 @@ def run_command(main: Callable[[], int]) -> None:
 
 
 @contextlib.contextmanager
-def exit_on_signal(what: str, cleanup: Callable[[], None] | None = None, code: int = 130):
+def exit_on_signal(
+    what: str, cleanup: Callable[[], None] | None = None, code: int = 130, outcome: str = "nothing was written"
+):
     """Inside the block, SIGINT/SIGTERM end the process at once with one line and exit `code`:
     for phases (data preparation, compilation) that hold no state worth saving, where a
     KeyboardInterrupt unwinding through JAX or a Rust tokenizer trainer prints tracebacks or
@@ -116,7 +118,7 @@ def exit_on_signal(what: str, cleanup: Callable[[], None] | None = None, code: i
                 cleanup()
             except Exception:  # noqa: BLE001 - exiting anyway; the message below is what matters
                 pass
-        os.write(2, f"\nerror: {signal.Signals(signum).name} during {what}: stopped, nothing to resume\n".encode())
+        os.write(2, f"\nerror: {signal.Signals(signum).name} during {what}: stopped; {outcome}\n".encode())
         os._exit(code)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in download_dataset(args.dataset, args.dir, endpoint=args.endpoint, progress=not args.quiet):
                 print(f"{path} ({path.stat().st_size:,} bytes)")
             return EXIT_OK
-        with exit_on_signal("data preparation"):  # the temporary folder is left for the next run to ignore
+        with exit_on_signal("data preparation", outcome="--out is as it was"):  # a temp folder may remain
             report = prepare_corpus(
                 args.train,
                 args.valid,
