@@ -22,6 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("runs", nargs="+", help="run directories (globs allowed)")
     p.add_argument("-o", "--output", default="comparison.png", help="PNG to write; the table goes beside it as .md")
     p.add_argument("--names", nargs="+", help="labels for the runs, in order")
+    p.add_argument("--force", action="store_true", help="replace -o and its .md if they exist")
     p.add_argument("--metric", choices=METRICS, default="val_loss", help="what to plot (default: val_loss)")
     p.add_argument(
         "--x",
@@ -35,9 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        table = compare_runs(args.runs, args.output, args.names, args.metric, x=args.x, smooth=args.smooth)
+        table = compare_runs(
+            args.runs, args.output, args.names, args.metric, x=args.x, smooth=args.smooth, force=args.force
+        )
     except (NotARunError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"error: -o '{args.output}': cannot write it ({e.strerror or e})", file=sys.stderr)
         return EXIT_USAGE
     print(table)
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.md')}")

@@ -80,7 +80,7 @@ class Config:
 
     # --- training details ---
     eval_batches: int = 20
-    """Fixed validation batches per evaluation, the same ones every time so evaluations compare."""
+    """(At most 10,000.) Fixed validation batches per evaluation, the same ones every time so evaluations compare."""
     final_eval: Literal["sample", "full"] = "sample"
     """The evaluation at the end of training: `"sample"` = the `eval_batches` windows like every other one;
     `"full"` = also every token of the validation file (`full_val_loss`, `full_val_bpb`, ... in the final row
@@ -90,7 +90,7 @@ class Config:
     adam_eps: float = 1e-8
     """AdamW epsilon, added to the square root of the second moment to avoid dividing by zero."""
     sample_tokens: int = 96
-    """Tokens generated for the text sample at each evaluation; 0 = no samples."""
+    """Tokens generated for the text sample at each evaluation (at most 4096); 0 = no samples."""
     sample_prompt: str = "Once upon a time"
     """Prompt of those samples."""
     special_tokens: tuple[str, ...] = ("<|endoftext|>",)
@@ -229,6 +229,8 @@ def _coerce(key: str, value: Any) -> Any:
             return int(value)
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"config key '{key}': {value} is not a finite number")
             return float(value)
     elif hint is str:
         if isinstance(value, str):
@@ -257,8 +259,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if hint is bool and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
         return key, raw.lower() in ("true", "1", "yes")
     try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
+        return key, loads_strict(raw)
+    except ValueError:
         raise ConfigError(f"config key '{key}': cannot parse {raw!r} as {getattr(hint, '__name__', hint)}") from None
 
 
@@ -272,15 +274,32 @@ def _check_known(key: str) -> None:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a config JSON file into a dict, with one-line errors for the usual mistakes."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}': is a directory, not a file")
     if not path.is_file():
         raise ConfigError(f"config file '{path}': does not exist")
     try:
-        raw = json.loads(path.read_text())
+        raw = loads_strict(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}': not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"config file '{path}': cannot read it ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file '{path}': invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except ValueError as e:
+        raise ConfigError(f"config file '{path}': {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}': expected a JSON object at the top level")
     return config_values(raw)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows (write a finite number)")
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads without Python's NaN/Infinity extension: a config holds finite numbers only."""
+    return json.loads(text, parse_constant=_no_constant)
 
 
 def config_values(stored: dict[str, Any]) -> dict[str, Any]:
@@ -304,6 +323,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Config file + `--set key=value` strings -> validated Config."""
     parsed = dict(parse_override(o) for o in overrides or [])
     return build_config(read_config_file(path), parsed)
+
+
+MAX_EVAL_BATCHES = 10_000  # each is kept on the device for the whole run
+MAX_SAMPLE_TOKENS = 4096  # a sample is a glance at the model at each eval, not a generation job
 
 
 def validate(c: Config) -> None:
@@ -350,8 +373,10 @@ def validate(c: Config) -> None:
         raise ConfigError(f"config key 'divergence_factor': must be > 1, got {c.divergence_factor}")
     validate_scale_out(c)
     validate_special_tokens(c)
-    if c.sample_tokens < 0:
-        raise ConfigError(f"config key 'sample_tokens': must be >= 0, got {c.sample_tokens}")
+    if c.eval_batches > MAX_EVAL_BATCHES:
+        raise ConfigError(f"config key 'eval_batches': at most {MAX_EVAL_BATCHES:,}, got {c.eval_batches:,}")
+    if not 0 <= c.sample_tokens <= MAX_SAMPLE_TOKENS:
+        raise ConfigError(f"config key 'sample_tokens': must be 0 .. {MAX_SAMPLE_TOKENS}, got {c.sample_tokens}")
 
 
 def validate_scale_out(c: Config) -> None:

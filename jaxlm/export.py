@@ -15,6 +15,7 @@ from pathlib import Path
 from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.rundir import parse_checkpoint
 from jaxlm.runtime import run_command
+from jaxlm.tracking.outputs import OutputError, check_output_files
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="cs336",
         help="cs336: one .safetensors file with CS336 names (default); hf: a LlamaForCausalLM directory",
     )
-    p.add_argument("--out", required=True, type=Path, help="output .safetensors file (cs336) or directory (hf)")
+    p.add_argument("--out", required=True, type=Path, help="output .safetensors file (cs336) or new directory (hf)")
+    p.add_argument("--force", action="store_true", help="cs336: replace --out (and its .json) if they exist")
     return p.parse_args(argv)
 
 
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.format == "cs336" and args.out.suffix != ".safetensors":
             raise UserError(f"--out '{args.out}': expected a .safetensors file name")
+        if args.format == "cs336":
+            try:
+                check_output_files([args.out, args.out.with_suffix(".json")], force=args.force)
+            except OutputError as e:
+                raise UserError(str(e)) from None
         from flax import nnx
 
         from jaxlm.train.checkpoint import load
@@ -60,9 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        print(f"error: --out '{args.out}': cannot write it ({e.strerror or e})", file=sys.stderr)
+        return EXIT_USAGE
     from jaxlm.model.weights import export_safetensors
 
-    weights, config_path = export_safetensors(params, config, args.out)
+    try:
+        weights, config_path = export_safetensors(params, config, args.out)
+    except OSError as e:
+        print(f"error: --out '{args.out}': cannot write it ({e.strerror or e})", file=sys.stderr)
+        return EXIT_USAGE
     print(f"wrote {weights} and {config_path}")
     return EXIT_OK
 

@@ -7,12 +7,15 @@ The decoding itself (KV cache, sampling) is `jaxlm.model.decode`; text in and ou
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.rundir import parse_checkpoint
 from jaxlm.runtime import run_command
+
+MAX_NEW_TOKENS = 100_000  # a bound, so a typo cannot hang the command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,8 +32,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if not 0 < args.top_p <= 1 or not args.temperature >= 0 or args.num_samples < 1 or args.max_new_tokens < 1:
-        raise UserError("need 0 < --top-p <= 1, --temperature >= 0, --num-samples >= 1, --max-new-tokens >= 1")
+    if not 0 < args.top_p <= 1 or not 0 <= args.temperature < math.inf or args.num_samples < 1:
+        raise UserError("need 0 < --top-p <= 1, a finite --temperature >= 0, --num-samples >= 1")
+    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: expected 1 .. {MAX_NEW_TOKENS:,}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,20 @@ from pathlib import Path
 
 from jaxlm.config import Config, load_config
 from jaxlm.errors import EXIT_ABORTED, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
-from jaxlm.rundir import RunDir, check_name, check_new_run_dir, check_writable, clear_for_new_run, resume_config
-from jaxlm.runtime import describe_process, run_command
+from jaxlm.rundir import (
+    NO_CHECKPOINT,
+    RunClaim,
+    RunDir,
+    check_name,
+    check_new_run_dir,
+    check_writable,
+    claim_run,
+    resume_config,
+    saved_checkpoint_steps,
+)
+from jaxlm.runtime import describe_process, exit_on_signal, run_command
 from jaxlm.tracking.fmt import number
+from jaxlm.train import memory
 from jaxlm.train.flops import flops_per_token, param_counts
 
 EXIT_BY_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
@@ -115,9 +126,9 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     if args.description is not None:
         overrides.append(f"description={args.description}")
     if args.resume is not None:
-        return resume_config(args.resume, overrides), Path(args.resume).name
+        return resume_config(args.resume, overrides), Path(args.resume).resolve().name
     config = load_config(args.config, overrides)
-    name = args.name or Path(args.config).stem
+    name = Path(args.config).stem if args.name is None else args.name
     check_name(name)
     return config, name
 
@@ -131,6 +142,7 @@ def describe(config: Config, name: str) -> str:
         f"({counts['embedding']:,} in the token embedding)",
         f"FLOPs per token (train): {flops_per_token(config):,}",
         f"tokens per step: {config.tokens_per_step:,}; total: {config.tokens_per_step * config.max_iterations:,}",
+        memory.describe(config),
     ]
     return "\n".join(lines)
 
@@ -138,6 +150,7 @@ def describe(config: Config, name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    claim: RunClaim | None = None
     try:
         if (done := resume_if_exists(args)) is not None:
             return done
@@ -147,12 +160,21 @@ def main(argv: list[str] | None = None) -> int:
             print(describe_process())
             return EXIT_OK
         run_dir = preflight(args, config, name)
-        trainer = build_trainer(args, config, run_dir)
+        claim = claim_run_dir(args, run_dir)
+        outcome = f"the run is as it was (--resume {run_dir} again)" if args.resume else "nothing was written"
+        with exit_on_signal("data preparation and compilation", claim.abandon if claim else None, outcome=outcome):
+            trainer = build_trainer(args, config, run_dir)
+            tracker = open_tracker(args, config, name, run_dir, trainer, claim)
     except UserError as e:
+        if claim is not None:
+            claim.abandon()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    tracker = open_tracker(args, config, name, run_dir, trainer)
-    return train(trainer, tracker, name, run_dir)
+    try:
+        return train(trainer, tracker, name, run_dir)
+    finally:
+        if claim is not None:
+            claim.lock.release()
 
 
 def preflight(args: argparse.Namespace, config: Config, name: str) -> Path:
@@ -162,7 +184,7 @@ def preflight(args: argparse.Namespace, config: Config, name: str) -> Path:
 
     check_sources(config)
     check_wandb(config)
-    run_dir = Path(args.resume) if args.resume else Path(args.output_dir) / name
+    run_dir = Path(args.resume).resolve() if args.resume else Path(args.output_dir) / name
     if args.resume is None:
         check_new_run_dir(run_dir, args.overwrite)
     check_writable(run_dir.parent)
@@ -178,31 +200,45 @@ def check_wandb(config: Config) -> None:
         raise ConfigError(f"config key 'wandb_project': {why}")
 
 
+def claim_run_dir(args: argparse.Namespace, run_dir: Path) -> RunClaim | None:
+    """Join the other processes, then (process 0) own the run directory for this process's life:
+    created atomically and locked, so a second launch, resume or overwrite of it is refused."""
+    from jaxlm.train import distributed
+
+    distributed.initialize_from_env()  # multi-process runs: before anything touches JAX or Orbax
+    if not distributed.is_primary():
+        return None
+    return claim_run(run_dir, resume=args.resume is not None, overwrite=args.overwrite)
+
+
 def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):
-    """Join the other processes, prepare data, compile and (on resume) restore; the run directory is
-    still untouched."""
+    """Prepare data, compile and (on resume) restore; the run directory holds only its lock (a new run)."""
     from jaxlm.train import distributed, sharding
     from jaxlm.train.trainer import Trainer
 
-    distributed.initialize_from_env()  # multi-process runs: before anything touches JAX or Orbax
     which = args.resume_step if args.resume_step is not None else "latest"
     if args.resume is not None:
         from jaxlm.train.checkpoint import check_resumable
 
-        step = check_resumable(run_dir, which)
+        step = check_resumable(run_dir, which, config)
         if step >= config.max_iterations:
             raise UserError(
                 f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
                 f"{config.max_iterations}; continue further with --set max_iterations=N"
             )
     sharding.check_mesh(config)
+    import jax
+
+    from jaxlm.train.memory import check_fits
+
+    check_fits(config, jax.device_count())  # before data preparation, the tokenizer trainer or any array
     trainer = Trainer(config, progress=not args.quiet and distributed.is_primary())
     if args.resume is not None:
         trainer.restore(run_dir, which)
     return trainer
 
 
-def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: Path, trainer):
+def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: Path, trainer, claim):
     """The run's records: written by process 0 only (a new run directory, or the resumed one reopened)."""
     from jaxlm.tracking import ExperimentTracker
     from jaxlm.tracking.explog import default_log_path
@@ -219,7 +255,7 @@ def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: P
         return ExperimentTracker.resume(
             run_dir, trainer.step, config=record, wallclock_s=trainer.resumed.get("wallclock_s", 0.0), **tracking
         )
-    clear_for_new_run(run_dir)
+    claim.replace_old()  # --overwrite: only now, with every check passed
     return ExperimentTracker(name, record, args.output_dir, config_file=args.config, **tracking)
 
 
@@ -230,16 +266,32 @@ def train(trainer, tracker, name: str, run_dir: Path) -> int:
     try:
         result = trainer.run(tracker)
     except KeyboardInterrupt:
-        tracker.finalize(status="interrupted", steps=trainer.step, interrupted_by="second stop signal (aborted)")
-        print(
-            f"\naborted at step {trainer.step}; resume from the last checkpoint with --resume {run_dir}",
-            file=sys.stderr,
+        saved = saved_checkpoint_steps(run_dir)
+        resume = {} if saved else {"resume": NO_CHECKPOINT}
+        tracker.finalize(
+            status="interrupted", steps=trainer.step, interrupted_by="second stop signal (aborted)", **resume
         )
+        then = (
+            f"resume from step {saved[-1]} with --resume {run_dir}"
+            if saved
+            else f"{NO_CHECKPOINT}: nothing to resume; start it again with --overwrite"
+        )
+        print(f"\nerror: aborted at step {trainer.step}; {then}", file=sys.stderr)
         return EXIT_ABORTED
     except UserError as e:
         tracker.finalize(status="failed", error=str(e))
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # disk full, a vanished folder: the run's fault line, not a traceback
+        what = f"{e.strerror or e} ({e.filename})" if getattr(e, "filename", None) else str(e.strerror or e)
+        try:
+            tracker.finalize(status="failed", error=f"OSError: {what}")
+        except Exception:  # noqa: BLE001 - the same disk may refuse the summary too
+            pass
+        saved = saved_checkpoint_steps(run_dir)
+        then = f"resume from step {saved[-1]} with --resume {run_dir}" if saved else "no checkpoint was saved"
+        print(f"error: stopped at step {trainer.step}: {what}; {then}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:
         tracker.finalize(status="failed", error=f"{type(e).__name__}: {e}")
         raise

@@ -23,8 +23,11 @@ process. `python -m jaxlm.launch --config FILE --dry-run` prints what is in effe
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
@@ -92,6 +95,38 @@ def run_command(main: Callable[[], int]) -> None:
     if code == EXIT_ABORTED:
         os._exit(code)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def exit_on_signal(
+    what: str, cleanup: Callable[[], None] | None = None, code: int = 130, outcome: str = "nothing was written"
+):
+    """Inside the block, SIGINT/SIGTERM end the process at once with one line and exit `code`:
+    for phases (data preparation, compilation) that hold no state worth saving, where a
+    KeyboardInterrupt unwinding through JAX or a Rust tokenizer trainer prints tracebacks or
+    crashes. `cleanup` removes what the command created so far; `os._exit` skips XLA's
+    teardown of half-built executables (the source of the crashes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if cleanup is not None:
+            try:
+                cleanup()
+            except Exception:  # noqa: BLE001 - exiting anyway; the message below is what matters
+                pass
+        os.write(2, f"\nerror: {signal.Signals(signum).name} during {what}: stopped; {outcome}\n".encode())
+        os._exit(code)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def describe_process() -> str:

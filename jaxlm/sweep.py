@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
+from jaxlm.rundir import saved_checkpoint_steps
+from jaxlm.tracking import runlock
 from jaxlm.tracking.fmt import write_json, write_text
 from jaxlm.train.grid import GridPoint, expand, find_points, parse_grid
 
@@ -65,6 +67,11 @@ def plan(point: GridPoint, base: str, output_dir: Path, *, quiet: bool, retry_fa
     if status is None:
         return "run", fresh
     if status in RESUMABLE_STATUSES:
+        who = runlock.holder(run_dir)
+        if who is not None:
+            return f"skip (in use by {who})", []
+        if not saved_checkpoint_steps(run_dir):  # interrupted or killed before its first checkpoint
+            return "restart", [*fresh, "--overwrite"]
         return "resume", [*launch, "--resume", str(run_dir), *tail]
     if status == "failed" and retry_failed:
         return "retry", [*fresh, "--overwrite"]
@@ -104,8 +111,10 @@ def run_sweep(
         if command:
             code = runner(command)
             status = read_status(output_dir / point.name)
-            if status in (None, "running") and code != 0:
-                status = "failed"  # died before writing its summary (or could not start)
+            if status == "running" and runlock.holder(output_dir / point.name) is None:
+                status = runlock.KILLED
+            if status is None and code != 0:
+                status = "failed"  # could not start
             say(f"[{i}/{len(points)}] {point.name}: {status} (exit {code})")
         statuses[point.name] = status or "not started"
     return statuses

@@ -5,6 +5,7 @@ table + one grouped EXPERIMENT_LOG.md entry, and one real point run through `jax
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,8 @@ class FakeLaunch:
             tracker = ExperimentTracker.resume(run_dir, 4, tensorboard=False, make_plots=False)
         else:
             name, out = command[command.index("--name") + 1], command[command.index("--output-dir") + 1]
+            if "--overwrite" in command:  # launch replaces the old run before its tracker opens
+                shutil.rmtree(Path(out) / name)
             tracker = ExperimentTracker(name, {"name": name}, out, tensorboard=False, make_plots=False)
         lr = name.split("learning_rate=")[1]
         outcome = self.outcomes[lr] if "--resume" not in command else "completed"
@@ -132,6 +135,7 @@ class FakeLaunch:
         for step in (4, 8) if "--resume" not in command else (8,):
             tracker.log_step(step, train_loss=base_loss, val_loss=base_loss - step / 100)
             if outcome == "interrupted" and step == 4:
+                (tracker.run_dir / "checkpoints" / "4").mkdir(parents=True)  # as a real stop saves one
                 tracker.finalize("interrupted", steps=4)
                 return 75
         if outcome == "diverged":

@@ -15,6 +15,7 @@ from pathlib import Path
 from jaxlm.data.download import DATASETS, default_endpoint, download_dataset
 from jaxlm.data.prepare import prepare_corpus
 from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
+from jaxlm.runtime import exit_on_signal
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "default <|endoftext|>)",
     )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--force", action="store_true", help="replace --out if it exists (once the new output is complete)")
     return p.parse_args(argv)
 
 
@@ -60,15 +62,17 @@ def main(argv: list[str] | None = None) -> int:
             for path in download_dataset(args.dataset, args.dir, endpoint=args.endpoint, progress=not args.quiet):
                 print(f"{path} ({path.stat().st_size:,} bytes)")
             return EXIT_OK
-        report = prepare_corpus(
-            args.train,
-            args.valid,
-            args.out,
-            vocab_size=args.vocab_size,
-            tokenizer=args.tokenizer,
-            special_tokens=args.special_tokens or ["<|endoftext|>"],
-            progress=not args.quiet,
-        )
+        with exit_on_signal("data preparation", outcome="--out is as it was"):  # a temp folder may remain
+            report = prepare_corpus(
+                args.train,
+                args.valid,
+                args.out,
+                vocab_size=args.vocab_size,
+                tokenizer=args.tokenizer,
+                special_tokens=args.special_tokens or ["<|endoftext|>"],
+                progress=not args.quiet,
+                force=args.force,
+            )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,7 +12,11 @@ the corpus.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,9 +69,12 @@ def prepare_corpus(
     tokenizer: str | Path | None = None,
     special_tokens: Sequence[str] = (EOT,),
     progress: bool = False,
+    force: bool = False,
 ) -> PrepareReport:
-    """Train (or load) the tokenizer and encode both splits into `out_dir`. `special_tokens` are the
-    trained tokenizer's (the first separates documents in the text); a loaded one must have them."""
+    """Train (or load) the tokenizer and encode both splits into a new `out_dir` (an existing,
+    non-empty one only with `force`: it is replaced whole once the new output is complete).
+    `special_tokens` are the trained tokenizer's (the first separates documents in the text); a
+    loaded one must have them."""
     train, valid, out_dir = Path(train), Path(valid), Path(out_dir)
     for path in (train, valid):
         if path.suffix not in (".txt", ".gz"):
@@ -75,11 +82,52 @@ def prepare_corpus(
         check_text_file(path, utf8=False)  # UTF-8 is checked while encoding, in the same pass
     if tokenizer is None and vocab_size is None:
         raise DataError("--vocab-size: required unless --tokenizer names an existing tokenizer")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out '{out_dir}': is a file (expected a folder to create)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise DataError(f"--out '{out_dir}': already exists and is not empty (choose another, or pass --force)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:  # built whole in `work`, then renamed into place: a failure leaves `out_dir` as it was
+        report = _build(train, valid, work, vocab_size, tokenizer, special_tokens, progress)
+        _swap_into_place(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dataclasses.replace(
+        report,
+        tokenizer_path=out_dir / TOKENIZER_FILE,
+        splits=tuple(dataclasses.replace(s, path=out_dir / s.path.name) for s in report.splits),
+    )
+
+
+def _swap_into_place(work: Path, out_dir: Path) -> None:
+    """Rename `work` to `out_dir`; a previous `out_dir` (--force) is moved aside first, then deleted."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(work, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(
+    train: Path,
+    valid: Path,
+    out_dir: Path,
+    vocab_size: int | None,
+    tokenizer: str | Path | None,
+    special_tokens: Sequence[str],
+    progress: bool,
+) -> PrepareReport:
     t0 = time.perf_counter()
     if tokenizer is None:
         log.info("training a %d-token BPE on %s", vocab_size, train)
-        tok = train_tokenizer([train], vocab_size, out_dir, special_tokens=special_tokens, progress=progress)
+        try:
+            tok = train_tokenizer([train], vocab_size, out_dir, special_tokens=special_tokens, progress=progress)
+        except Exception as e:  # noqa: BLE001 - the Rust trainer raises plain Exceptions (bad UTF-8, I/O)
+            detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise DataError(f"data file '{train}': the tokenizer trainer failed ({detail})") from None
     else:
         tok = load_tokenizer(tokenizer, special_tokens)
         if special_tokens_of(tok) != list(special_tokens):
@@ -95,7 +143,10 @@ def prepare_corpus(
     splits = []
     for name, src in (("train", train), ("valid", valid)):
         t0 = time.perf_counter()
-        meta = encode_text_file(tok, src, out_dir / f"{name}.npy", progress=progress)
+        try:
+            meta = encode_text_file(tok, src, out_dir / f"{name}.npy", progress=progress)
+        except UnicodeDecodeError as e:
+            raise DataError(f"data file '{src}': not UTF-8 text (byte {e.start}: {e.reason})") from None
         splits.append(
             SplitReport(name, out_dir / f"{name}.npy", meta["num_bytes"], meta["num_tokens"], time.perf_counter() - t0)
         )

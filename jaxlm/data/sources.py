@@ -72,6 +72,8 @@ def source_paths(c: Config) -> tuple[Path, Path]:
 def check_sources(c: Config) -> None:
     """Fail fast (before anything is written) when a configured data file is missing."""
     for key, path in zip(("train_data_path", "val_data_path"), source_paths(c)):
+        if path.is_dir():
+            raise DataError(f"config key '{key}': data file '{path}' is a directory, not a file")
         if not path.is_file():
             raise DataError(f"config key '{key}': data file '{path}' does not exist")
         if path.suffix not in (".txt", ".npy"):

@@ -130,6 +130,8 @@ def encode_text_file(
 
 def check_text_file(path: Path, utf8: bool = True) -> None:
     """DataError unless `path` exists and holds non-whitespace (and, with utf8, valid UTF-8) text."""
+    if path.is_dir():
+        raise DataError(f"data file '{path}': is a directory, not a file")
     if not path.is_file():
         raise DataError(f"data file '{path}': does not exist")
     has_text = False
@@ -157,9 +159,28 @@ class TokenFile:
         return self.num_bytes / len(self.tokens) if self.num_bytes else None
 
 
+def read_meta(path: Path) -> dict:
+    """The token file's `.meta.json` ({} when there is none); DataError when it is unreadable."""
+    meta_file = meta_path(path)
+    if not meta_file.exists():
+        return {}
+    try:
+        meta = json.loads(meta_file.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(
+            f"token metadata '{meta_file}': unreadable or not JSON ({type(e).__name__}); "
+            f"delete it or prepare the data again"
+        ) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("max_token_id", 0), int):
+        raise DataError(f"token metadata '{meta_file}': expected a JSON object with an integer max_token_id")
+    return meta
+
+
 def open_tokens(path: str | Path, vocab_size: int, context_length: int) -> TokenFile:
     """Memory-map a `.npy` token file and check it fits the model; DataError if not."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file '{path}': is a directory, not a file")
     if not path.is_file():
         raise DataError(f"data file '{path}': does not exist")
     try:
@@ -174,9 +195,9 @@ def open_tokens(path: str | Path, vocab_size: int, context_length: int) -> Token
         raise DataError(
             f"data file '{path}': {len(tokens)} tokens is shorter than context_length + 1 = {context_length + 1}"
         )
-    meta = {}
-    if meta_path(path).is_file():
-        meta = json.loads(meta_path(path).read_text())
+    meta = read_meta(path)
+    if np.issubdtype(tokens.dtype, np.signedinteger) and len(tokens) and (low := int(tokens.min())) < 0:
+        raise DataError(f"data file '{path}': negative token id {low} (token ids are 0 .. vocab_size - 1)")
     max_id = meta.get("max_token_id")
     if max_id is None and len(tokens) <= 1 << 24:  # small file with no metadata: cheap to check
         max_id = int(tokens.max())

@@ -15,6 +15,7 @@ untied PyTorch model loads it unchanged.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -108,9 +109,16 @@ def export_safetensors(params: nnx.State, config: Config, out: str | Path) -> tu
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model_config = model_config_dict(config)
-    save_file(to_cs336_tensors(params), str(out), metadata={"jaxlm_config": json.dumps(config.to_dict())})
     config_path = out.with_suffix(".json")
-    config_path.write_text(json.dumps(model_config, indent=2) + "\n")
+    tmp_out, tmp_config = (p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in (out, config_path))
+    try:  # both written to temporary names first: a failure leaves no half file under either name
+        save_file(to_cs336_tensors(params), str(tmp_out), metadata={"jaxlm_config": json.dumps(config.to_dict())})
+        tmp_config.write_text(json.dumps(model_config, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp_out, out)
+        os.replace(tmp_config, config_path)
+    finally:
+        tmp_out.unlink(missing_ok=True)
+        tmp_config.unlink(missing_ok=True)
     return out, config_path
 
 

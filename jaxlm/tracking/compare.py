@@ -10,7 +10,8 @@ import glob
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxlm.tracking.fmt import markdown_table, number
+from jaxlm.tracking.fmt import markdown_table, number, write_text
+from jaxlm.tracking.outputs import OutputError, check_output_files
 from jaxlm.tracking.plots import plot_comparison
 from jaxlm.tracking.runs import NotARunError, RunRecord, config_cell, differing_config_keys, load_run
 
@@ -45,7 +46,7 @@ def expand_run_paths(patterns: Sequence[str | Path]) -> list[Path]:
 
 
 def _finished(run: RunRecord) -> bool:
-    return run.summary.get("status") not in (None, "running")
+    return run.summary.get("status") not in (None, "running")  # a killed run's summary is not final either
 
 
 def table_row(run: RunRecord, name: str) -> list[str]:
@@ -83,12 +84,14 @@ def compare_runs(
     *,
     x: str | None = None,
     smooth: int = 1,
+    force: bool = False,
 ) -> str:
     """Write `output_path` (PNG) and `<its stem>.md` beside it; return the markdown table.
 
     `x` plots against one axis ("steps", "tokens" or "wallclock") instead of steps and wall-clock side by
     side; `smooth` > 1 draws the train loss as a running mean of that many logged rows.
-    Raises NotARunError naming the first directory that is not a run, ValueError on bad names/metric/x/smooth."""
+    Raises NotARunError naming the first directory that is not a run, ValueError on bad names/metric/x/smooth,
+    OutputError when an output exists (without `force`), is a directory or lies inside a run directory."""
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
     if x is not None and x not in X_CHOICES:
@@ -102,8 +105,11 @@ def compare_runs(
         raise ValueError(f"{len(names)} names for {len(runs)} runs")
     labels = list(names) if names is not None else [run.name for run in runs]
     output_path = Path(output_path)
+    if output_path.suffix.lower() != ".png":
+        raise OutputError(f"-o '{output_path}': expected a .png file name (the table goes beside it as .md)")
+    check_output_files([output_path, output_path.with_suffix(".md")], force=force, flag="-o")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     plot_comparison([(label, run.rows) for label, run in zip(labels, runs)], metric, output_path, x=x, smooth=smooth)
     table = runs_table(runs, labels)
-    output_path.with_suffix(".md").write_text(f"# Comparison: {metric}\n\n![{metric}]({output_path.name})\n\n{table}")
+    write_text(output_path.with_suffix(".md"), f"# Comparison: {metric}\n\n![{metric}]({output_path.name})\n\n{table}")
     return table

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jaxlm.tracking import runlock
 from jaxlm.tracking.fmt import as_float
 from jaxlm.tracking.records import META_KEYS
 
@@ -81,7 +82,8 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        return self.summary.get("status") or "unknown (no summary.json)"
+        """The summary's status; a `running` one whose lock no live process holds is `stopped (killed)`."""
+        return runlock.shown_status(self.path, self.summary.get("status")) or "unknown (no summary.json)"
 
     def values(self, key: str) -> list[tuple[int, float]]:
         out = []

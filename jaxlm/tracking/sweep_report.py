@@ -86,7 +86,7 @@ def sweep_table(
             cells = [label, _status_cell(None)] + ["n/a"] * (len(header) - 3)
         else:
             best_val = run.best("val_loss")
-            s = run.summary if run.status not in ("running", None) else {}
+            s = run.summary if run.summary.get("status") not in ("running", None) else {}
             cells = [
                 label,
                 _status_cell(run),

@@ -24,6 +24,7 @@ from typing import Any
 
 from jaxlm.tracking import explog, plots
 from jaxlm.tracking.fmt import as_float, json_safe, write_json
+from jaxlm.tracking.outputs import OutputError
 from jaxlm.tracking.records import (
     META_KEYS,
     METRIC_COLUMNS,
@@ -36,6 +37,7 @@ from jaxlm.tracking.records import (
     summary_from_rows,
     trim_samples,
 )
+from jaxlm.tracking.runlock import LOCK_FILE
 from jaxlm.tracking.runs import read_rows
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class ExperimentTracker:
         self.name = name or experiment_name
         if not self.name:
             raise ValueError("ExperimentTracker needs a name")
+        if self.name in (".", "..") or "/" in self.name or "\\" in self.name or "\0" in self.name:
+            raise OutputError(f"run name {self.name!r}: no path separators, '.' or '..'")
         self.run_dir = Path(output_dir) / self.name
         self.make_plots = make_plots
         self.experiment_log = Path(experiment_log) if experiment_log is not None else None
@@ -130,7 +134,15 @@ class ExperimentTracker:
 
     def _start_new(self, config: Any) -> None:
         self.config = config_to_dict(config)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir()
+        except FileExistsError:  # only a directory just claimed (holding nothing but its lock) is new
+            if not self.run_dir.is_dir() or {p.name for p in self.run_dir.iterdir()} - {LOCK_FILE}:
+                raise OutputError(
+                    f"run directory '{self.run_dir}' already exists: a new run never writes into an old one "
+                    f"(choose another name, or reopen it with ExperimentTracker.resume)"
+                ) from None
         self.rows: list[dict[str, Any]] = []
         meta = {"name": self.name, **run_metadata(), "config_file": self.config_file, "overrides": self.overrides}
         write_json(self.run_dir / "config.json", {**self.config, **meta})

@@ -31,8 +31,8 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxlm.config import Config
-from jaxlm.errors import UserError
-from jaxlm.rundir import RunDir
+from jaxlm.errors import ConfigError, UserError
+from jaxlm.rundir import NO_CHECKPOINT, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,77 @@ def choose_step(mngr: ocp.CheckpointManager, which: str | int, run_dir: str | Pa
     return step
 
 
-def check_resumable(run_dir: str | Path, which: str | int = "latest") -> int:
-    """The step a resume would restore; CheckpointError if there is none (cheap: reads no arrays)."""
+# What the data order and the model's and optimizer's shapes and trajectory depend on: a resume
+# whose config differs in any of them would silently train something else.
+IDENTITY_KEYS = (
+    "seed",
+    "dataset",
+    "train_data_path",
+    "vocab_size",
+    "context_length",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "d_ff",
+    "rope_theta",
+    "batch_size",
+    "grad_accum_steps",
+    "dtype",
+    "norm",
+    "norm_position",
+    "position_embedding",
+    "ffn",
+    "tie_embeddings",
+    "learning_rate",
+    "min_learning_rate",
+    "warmup_iters",
+    "weight_decay",
+    "grad_clip",
+    "adam_eps",
+)
+
+
+def identity(c: Config) -> dict[str, Any]:
+    """The config values a checkpoint must be resumed with (IDENTITY_KEYS), for its meta."""
+    values = c.to_dict()
+    return {k: values[k] for k in IDENTITY_KEYS if k in values}
+
+
+def check_identity(meta: dict[str, Any], c: Config, run_dir: str | Path) -> None:
+    """ConfigError naming the first key where `c` disagrees with what the checkpoint was trained with."""
+    saved = dict(meta.get("identity") or {})
+    saved.setdefault("seed", meta.get("seed", c.seed))  # checkpoints from before the identity record
+    now = identity(c)
+    for key, value in saved.items():
+        if key in now and now[key] != value:
+            raise ConfigError(
+                f"--resume '{run_dir}': config key '{key}' is {now[key]!r} in config.json but the checkpoint "
+                f"was trained with {value!r}; resuming would train something else (restore config.json, or "
+                f"start a new run)"
+            )
+
+
+def check_resumable(run_dir: str | Path, which: str | int = "latest", config: Config | None = None) -> int:
+    """The step a resume would restore; CheckpointError if there is none, ConfigError if `config`
+    disagrees with the checkpoint's identity (cheap: reads the meta, no arrays)."""
     mngr = open_manager(run_dir, read_only=True)
     try:
-        return choose_step(mngr, which, run_dir)
+        if not mngr.all_steps():
+            raise CheckpointError(
+                f"--resume '{run_dir}': no checkpoint yet ({NO_CHECKPOINT}): nothing to resume; "
+                f"start it again with --overwrite"
+            )
+        step = choose_step(mngr, which, run_dir)
+        if config is not None:
+            try:
+                meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+            except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files
+                raise CheckpointError(
+                    f"checkpoint at step {step} in '{Path(run_dir) / CHECKPOINTS}' is corrupt or unreadable "
+                    f"({type(e).__name__}); pick another with --resume-step"
+                ) from None
+            check_identity(meta, config, run_dir)
+        return step
     finally:
         mngr.close()
 

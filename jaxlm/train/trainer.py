@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import jax
 
@@ -19,7 +20,7 @@ from jaxlm.errors import ConfigError
 from jaxlm.model.decode import Decoder
 from jaxlm.model.weights import import_safetensors
 from jaxlm.tracking.protocol import RunTracker
-from jaxlm.train.checkpoint import RunCheckpoints
+from jaxlm.train.checkpoint import RunCheckpoints, identity
 from jaxlm.train.distributed import primary_first
 from jaxlm.train.full_eval import compile_nll_sum, evaluate_tokens
 from jaxlm.train.hardware import peak_flops_for
@@ -65,6 +66,7 @@ class Trainer(TrainingLoop):
     def _open_data(self, c: Config) -> None:
         files = primary_first(lambda: prepare(c, progress=self.progress))  # one process fills a shared cache
         self.train_tokens = open_tokens(files.train, c.vocab_size, c.context_length).tokens
+        self.train_file = {"path": str(Path(files.train).resolve()), "bytes": Path(files.train).stat().st_size}
         val = open_tokens(files.val, c.vocab_size, c.context_length)
         self.val_set = eval_batches(val.tokens, c.eval_batches, c.batch_size, c.context_length)
         self.val_tokens = val.tokens  # memory-mapped; the full evaluation streams it
@@ -80,6 +82,13 @@ class Trainer(TrainingLoop):
         self.checkpoints = RunCheckpoints(run_dir, self.c.keep_checkpoints)
         self.params, self.opt_state, self.resumed = self.checkpoints.restore(which, self.params, self.opt_state)
         self.step = self.resumed["step"]
+        saved_file = self.resumed.get("train_file") or {}
+        if saved_file and saved_file != self.train_file:
+            raise ConfigError(
+                f"training data changed since the checkpoint (token file {saved_file['path']}, "
+                f"{saved_file['bytes']} bytes; now {self.train_file['path']}, {self.train_file['bytes']} bytes): "
+                f"the data order would not continue"
+            )
         if self.resumed.get("train_tokens", len(self.train_tokens)) != len(self.train_tokens):
             raise ConfigError(
                 f"training data changed since the checkpoint ({self.resumed['train_tokens']} tokens, "
@@ -92,6 +101,8 @@ class Trainer(TrainingLoop):
         """Everything besides params/opt_state that continuing bit for bit needs (data order = seed + step)."""
         return {
             "seed": self.c.seed,
+            "identity": identity(self.c),
+            "train_file": self.train_file,
             "train_tokens": len(self.train_tokens),
             "wallclock_s": meter.elapsed(),
             "initial_loss": guard.initial_loss,

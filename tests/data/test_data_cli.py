@@ -95,8 +95,9 @@ def test_prepare_with_gpt2_style_vocab_and_merges(tmp_path, capsys):
     assert reloaded.decode(train_ids, skip_special_tokens=False) == train.read_text()
 
     assert main(["prepare", "--train", str(train), "--valid", str(valid), "--tokenizer", str(tok_dir),
-                 "--vocab-size", "999", "--out", str(out), "--quiet"]) == 2
+                 "--vocab-size", "999", "--out", str(tmp_path / "out2"), "--quiet"]) == 2
     assert "260" in one_line_error(capsys)
+    assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2*"))  # its temp folder is gone too
 
 
 def test_prepare_errors_are_one_line(tmp_path, capsys):

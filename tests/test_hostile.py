@@ -1,0 +1,470 @@
+"""The hostile-input table: every bad input and fault a user can cause, through the real CLI.
+
+Each case runs one command (its `main`, in this process, or a real subprocess for
+the fault cases) and checks three things: the documented exit code, stderr that is
+one line starting "error:" with no traceback, and that no file in the working folder
+changed except the ones the case expects (the folder is hashed before and after).
+Cases share one finished tiny run and one token cache, so the module stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import REPO_ROOT, TINY_MODEL, shared_token_cache
+from jaxlm import compare, export, generate, launch
+from jaxlm.data import __main__ as data_cli
+from jaxlm.errors import EXIT_ABORTED, EXIT_OK, EXIT_USAGE
+from jaxlm.tracking import runlock
+
+RUN = {**TINY_MODEL, "max_iterations": 10, "cosine_cycle_iters": 10, "eval_interval": 5, "checkpoint_interval": 5}
+COMMANDS = {"launch": launch.main, "export": export.main, "compare": compare.main, "generate": generate.main}
+COMMANDS["data"] = data_cli.main
+
+
+@pytest.fixture(scope="module")
+def token_cache(tmp_path_factory):
+    yield from shared_token_cache(tmp_path_factory, RUN)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(token_cache, monkeypatch):  # overrides conftest's: every case reads the shared cache
+    monkeypatch.setenv("JAXLM_CACHE_DIR", str(token_cache))
+    return token_cache
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None, **kw) -> subprocess.Popen:
+    """A real `python -m jaxlm.<command>` process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=cwd or REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, token_cache) -> Path:
+    """One finished tiny run (checkpoints at 5 and 10) that cases copy; also the lone-run reference."""
+    base = tmp_path_factory.mktemp("finished")
+    (base / "run.json").write_text(json.dumps(RUN))
+    proc = cli("jaxlm.launch", "--config", str(base / "run.json"), "--output-dir", str(base / "runs"), "--quiet")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == EXIT_OK, err
+    return base / "runs" / "run"
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def write_tokens(path: Path, values: np.ndarray) -> Path:
+    np.save(path, values)
+    return path
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """`setup(work, finished)` prepares the folder and returns the command's arguments."""
+
+    command: str
+    setup: Callable[[Path, Path], list[str]]
+    words: tuple[str, ...]
+    code: int = EXIT_USAGE
+    may_change: tuple[str, ...] = ()  # paths (relative to the work folder) the case may create or change
+    needs_run: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def config_file(work: Path, text: str | bytes | dict, name: str = "c.json") -> str:
+    path = work / name
+    if isinstance(text, dict):
+        text = json.dumps(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def new_run(work: Path, config, *more: str, name: str = "r") -> list[str]:
+    return ["--config", config_file(work, config), "--name", name, "--output-dir", str(work / "runs"), "--quiet", *more]
+
+
+def copy_run(work: Path, finished: Path, name: str = "old") -> Path:
+    target = work / "runs" / name
+    shutil.copytree(finished, target)
+    return target
+
+
+def edit_config(run: Path, **changes) -> None:
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _locked(work: Path, finished: Path, args: Callable[[Path], list[str]]) -> list[str]:
+    run = copy_run(work, finished)
+    HELD.append(runlock.acquire(run))  # this test process plays the live run
+    return args(run)
+
+
+HELD: list[runlock.RunLock] = []
+
+
+def mine(path: Path, folder: bool = False) -> Path:
+    """A file (or folder) of the user's that a command must leave alone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir() if folder else path.write_text("the user's own\n")
+    return path
+
+
+def _data_prepare(work: Path, train: bytes, out: str = "prepared", make_out: bool = False) -> list[str]:
+    (work / "train.txt").write_bytes(train)
+    (work / "valid.txt").write_text("Once upon a time there was a cat.\n")
+    if make_out:
+        (work / out).write_text("a file, not a folder")
+    return ["prepare", "--train", str(work / "train.txt"), "--valid", str(work / "valid.txt"), "--out",
+            str(work / out), "--vocab-size", "300", "--quiet"]  # fmt: skip
+
+
+CASES = {
+    "config-not-utf8": Case("launch", lambda w, f: new_run(w, b'{"seed": "\xff"}'), ("not UTF-8",)),
+    "config-nan": Case("launch", lambda w, f: new_run(w, '{"min_learning_rate": NaN}'), ("NaN", "finite")),
+    "config-infinity": Case("launch", lambda w, f: new_run(w, '{"weight_decay": Infinity}'), ("Infinity",)),
+    "set-infinity": Case(
+        "launch", lambda w, f: new_run(w, RUN, "--set", "weight_decay=Infinity"), ("weight_decay", "Infinity")
+    ),
+    "config-is-directory": Case(
+        "launch", lambda w, f: ["--config", str(w), "--name", "x", "--output-dir", str(w / "runs")], ("directory",)
+    ),
+    "empty-name": Case("launch", lambda w, f: new_run(w, RUN, name=""), ("--name ''",)),
+    "escaping-name": Case("launch", lambda w, f: new_run(w, RUN, name="../escaped"), ("--name",)),
+    "data-path-is-directory": Case(
+        "launch", lambda w, f: new_run(w, {**RUN, "train_data_path": str(w)}), ("train_data_path", "is a directory")
+    ),
+    "negative-token-ids": Case(
+        "launch",
+        lambda w, f: new_run(
+            w,
+            {
+                **RUN,
+                "train_data_path": str(write_tokens(w / "neg.npy", np.arange(-5, 995, dtype=np.int64))),
+                "val_data_path": str(write_tokens(w / "val.npy", np.arange(1000, dtype=np.int64) % 300)),
+            },
+        ),
+        ("neg.npy", "negative token id -5"),
+    ),
+    "corrupt-token-meta": Case(
+        "launch",
+        lambda w, f: (
+            write_tokens(w / "t.npy", np.arange(1000, dtype=np.uint16) % 300),
+            (w / "t.meta.json").write_text("{not json"),
+            new_run(w, {**RUN, "train_data_path": str(w / "t.npy"), "val_data_path": str(w / "t.npy")}),
+        )[-1],
+        ("t.meta.json", "not JSON"),
+    ),
+    "sample-tokens-huge": Case("launch", lambda w, f: new_run(w, {**RUN, "sample_tokens": 10**9}), ("sample_tokens",)),
+    "existing-name": Case(
+        "launch",
+        lambda w, f: (copy_run(w, f, "r"), new_run(w, RUN))[-1],
+        ("already exists", "--overwrite"),
+        needs_run=True,
+    ),
+    "overwrite-not-a-run": Case(
+        "launch",
+        lambda w, f: (
+            ((w / "runs" / "r").mkdir(parents=True), (w / "runs" / "r" / "mine.txt").write_text("x"))
+            and new_run(w, RUN, "--overwrite")
+        ),
+        ("not a jaxlm run directory", "refusing"),
+    ),
+    "overwrite-locked-run": Case(
+        "launch",
+        lambda w, f: _locked(w, f, lambda r: new_run(w, RUN, "--overwrite", name="old")),
+        ("in use by PID", f"{os.getpid()}"),
+        needs_run=True,
+    ),
+    "resume-locked-run": Case(
+        "launch",
+        lambda w, f: _locked(w, f, lambda r: ["--resume", str(r), "--set", "max_iterations=12"]),
+        ("in use by PID", f"{os.getpid()}"),
+        needs_run=True,
+    ),
+    "resume-edited-seed": Case(
+        "launch",
+        lambda w, f: (r := copy_run(w, f), edit_config(r, seed=7), ["--resume", str(r), "--set", "max_iterations=12"])[
+            -1
+        ],
+        ("'seed'", "7"),
+        needs_run=True,
+    ),
+    "resume-corrupt-config": Case(
+        "launch",
+        lambda w, f: (r := copy_run(w, f), (r / "config.json").write_bytes(b"\xff{"), ["--resume", str(r)])[-1],
+        ("config.json", "not valid JSON"),
+        needs_run=True,
+    ),
+    "resume-no-checkpoint": Case(
+        "launch",
+        lambda w, f: (
+            r := copy_run(w, f),
+            shutil.rmtree(r / "checkpoints"),
+            ["--resume", str(r), "--set", "max_iterations=12"],
+        )[-1],
+        ("interrupted before the first checkpoint", "--overwrite"),
+        needs_run=True,
+    ),
+    "generate-corrupt-config": Case(
+        "generate",
+        lambda w, f: (r := copy_run(w, f), (r / "config.json").write_text("{"), ["--run", str(r), "--prompt", "a"])[-1],
+        ("config.json",),
+        needs_run=True,
+    ),
+    "generate-temperature-nan": Case(
+        "generate",
+        lambda w, f: ["--run", str(copy_run(w, f)), "--prompt", "a", "--temperature", "nan"],
+        ("--temperature",),
+        needs_run=True,
+    ),
+    "export-into-run": Case(
+        "export",
+        lambda w, f: ["--run", str(r := copy_run(w, f)), "--out", str(r / "config.safetensors")],
+        ("inside run directory",),
+        needs_run=True,
+    ),
+    "export-existing": Case(
+        "export",
+        lambda w, f: (
+            (w / "m.safetensors").write_text("mine"),
+            ["--run", str(copy_run(w, f)), "--out", str(w / "m.safetensors")],
+        )[-1],  # fmt: skip
+        ("already exists", "--force"),
+        needs_run=True,
+    ),
+    "export-to-directory": Case(
+        "export",
+        lambda w, f: ((w / "d.safetensors").mkdir(), ["--run", str(copy_run(w, f)), "--out", str(w / "d.safetensors")])[
+            -1
+        ],  # fmt: skip
+        ("is a directory",),
+        needs_run=True,
+    ),
+    "export-unwritable": Case(
+        "export",
+        lambda w, f: ["--run", str(copy_run(w, f)), "--out", "/proc/jaxlm/m.safetensors"],
+        ("/proc",),
+        needs_run=True,
+    ),
+    "compare-experiment-log": Case(
+        "compare",
+        lambda w, f: (
+            (w / "EXPERIMENT_LOG.md").write_text("# my log\n"),
+            [str(copy_run(w, f)), "-o", str(w / "EXPERIMENT_LOG.png")],
+        )[-1],  # fmt: skip
+        ("experiment log",),
+        needs_run=True,
+    ),
+    "compare-existing": Case(
+        "compare",
+        lambda w, f: ((w / "c.png").write_text("mine"), [str(copy_run(w, f)), "-o", str(w / "c.png")])[-1],
+        ("already exists",),
+        needs_run=True,
+    ),
+    "compare-to-directory": Case(
+        "compare",
+        lambda w, f: ((w / "c.png").mkdir(), [str(copy_run(w, f)), "-o", str(w / "c.png")])[-1],
+        ("is a directory",),
+        needs_run=True,
+    ),
+    "compare-into-run": Case(
+        "compare",
+        lambda w, f: [str(r := copy_run(w, f)), "-o", str(r / "loss_curves.png")],
+        ("inside run directory",),
+        needs_run=True,
+    ),
+    "compare-unwritable": Case(
+        "compare", lambda w, f: [str(copy_run(w, f)), "-o", "/proc/jaxlm/c.png"], ("/proc",), needs_run=True
+    ),
+    "prepare-not-utf8": Case("data", lambda w, f: _data_prepare(w, b"Once upon a \xff\xfe time.\n" * 50), ("UTF-8",)),
+    "prepare-out-is-file": Case(
+        "data", lambda w, f: _data_prepare(w, b"Once upon a time.\n", make_out=True), ("is a file",)
+    ),
+    "prepare-out-exists": Case(
+        "data",
+        lambda w, f: (
+            (w / "prepared").mkdir(),
+            (w / "prepared" / "keep.txt").write_text("x"),
+            _data_prepare(w, b"Once upon a time.\n"),
+        )[-1],  # fmt: skip
+        ("already exists", "--force"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_hostile_input(case_id, tmp_path, request, capsys):
+    case = CASES[case_id]
+    finished = request.getfixturevalue("finished") if case.needs_run else None
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        args = case.setup(work, finished)
+        capsys.readouterr()
+        before = tree_hashes(work)
+        code = COMMANDS[case.command](args)
+        err = capsys.readouterr().err.strip()
+    finally:
+        while HELD:
+            HELD.pop().release()
+    assert code == case.code, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for word in case.words:
+        assert word in err, err
+    after = tree_hashes(work)
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    changed -= {p for p in changed if p.endswith("/" + runlock.LOCK_FILE)}  # records its last holder; no data
+    assert not {p for p in changed if not p.startswith(case.may_change)} if case.may_change else not changed, changed
+
+
+# --- faults: real processes, real signals ---------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def logged_steps(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1])["step"] if lines and lines[-1].endswith("}") else 0
+
+
+def losses(run: Path) -> list[tuple]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in rows]
+
+
+def test_two_concurrent_launches_of_one_name(tmp_path, finished):
+    """The second is refused within seconds; the first finishes bit-identical to a lone run."""
+    (tmp_path / "run.json").write_text(json.dumps(RUN))
+    argv = ["jaxlm.launch", "--config", str(tmp_path / "run.json"), "--output-dir", str(tmp_path), "--quiet"]
+    first = cli(*argv, "--no-experiment-log")
+    run = tmp_path / "run"
+    wait_for(lambda: runlock.holder(run) is not None, first)
+    t0 = time.monotonic()
+    second = cli(*argv, "--no-experiment-log")
+    _, err = second.communicate(timeout=120)
+    refused_in = time.monotonic() - t0
+    assert second.returncode == EXIT_USAGE and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "already exists" in err or "in use by" in err, err
+    assert refused_in < 120, refused_in  # on a loaded 2-core machine the CLI's start-up (imports) is all of it
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == EXIT_OK, err
+    assert losses(run) == losses(finished)
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_ctrl_c_during_compile_is_one_line_and_leaves_nothing(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({**RUN, "d_model": 48, "num_heads": 4}))
+    proc = cli(
+        "jaxlm.launch",
+        "--config",
+        str(tmp_path / "run.json"),
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--quiet",
+        env={"JAXLM_COMPILATION_CACHE": "0"},
+    )
+    wait_for(lambda: (tmp_path / "runs" / "run" / runlock.LOCK_FILE).exists(), proc)
+    time.sleep(0.5)  # into data loading / compilation
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    assert proc.returncode == EXIT_ABORTED, err
+    assert len(lines) == 1 and lines[0].startswith("error: SIGINT during"), err
+    assert not (tmp_path / "runs" / "run").exists()  # the claimed directory is taken back
+
+
+def test_two_signals_before_the_first_checkpoint_say_so_and_sweep_restarts(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({**RUN, "max_iterations": 100000, "checkpoint_interval": 100000}))
+    proc = cli("jaxlm.launch", "--config", str(tmp_path / "run.json"), "--output-dir", str(tmp_path), "--quiet")
+    run = tmp_path / "run"
+    wait_for(lambda: logged_steps(run) >= 2, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.4)  # the second Ctrl-C of the issue's report, during the first one's checkpoint save
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode in (EXIT_ABORTED, 75), err  # 75: the save finished before the second signal
+    assert "Traceback" not in err, err
+    if proc.returncode == EXIT_ABORTED:
+        assert err.strip().splitlines()[-1].startswith("error: aborted"), err
+    if proc.returncode == EXIT_ABORTED and not list((run / "checkpoints").glob("[0-9]*")):
+        assert "interrupted before the first checkpoint" in err
+        assert json.loads((run / "summary.json").read_text())["resume"] == "interrupted before the first checkpoint"
+    from jaxlm.rundir import saved_checkpoint_steps
+    from jaxlm.sweep import GridPoint, plan
+
+    action, command = plan(GridPoint("run", (), (), None), str(tmp_path / "run.json"), tmp_path, quiet=True,
+                           retry_failed=False)  # fmt: skip
+    assert action == ("resume" if saved_checkpoint_steps(run) else "restart"), action
+
+
+def test_kill_9_mid_run_shows_as_killed(tmp_path):
+    from jaxlm.tracking.runs import load_run
+
+    (tmp_path / "run.json").write_text(json.dumps({**RUN, "max_iterations": 100000}))
+    proc = cli("jaxlm.launch", "--config", str(tmp_path / "run.json"), "--output-dir", str(tmp_path), "--quiet")
+    run = tmp_path / "run"
+    wait_for(lambda: logged_steps(run) >= 2, proc)
+    assert load_run(run).status == "running"
+    proc.kill()
+    proc.wait()
+    assert load_run(run).status == runlock.KILLED
+
+
+def test_disk_full_while_training_is_one_line(tmp_path, capsys, monkeypatch):
+    """ENOSPC (simulated: the metrics writer's disk fills at the 4th row) ends the run with one line, exit 1."""
+    import errno
+
+    from jaxlm.errors import EXIT_FAILED
+    from jaxlm.tracking import records
+
+    real_write, rows = records.MetricFiles.write, []
+
+    def filling_write(self, row):
+        rows.append(row)
+        if len(rows) >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device", "metrics.csv")
+        real_write(self, row)
+
+    monkeypatch.setattr(records.MetricFiles, "write", filling_write)
+    (tmp_path / "run.json").write_text(json.dumps(RUN))
+    code = launch.main(["--config", str(tmp_path / "run.json"), "--output-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_FAILED, err
+    assert err.startswith("error: ") and "\n" not in err and "No space left on device" in err, err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
