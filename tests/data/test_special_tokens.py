@@ -77,3 +77,29 @@ def test_generation_stops_at_the_first_special_token(tmp_path, monkeypatch):
     monkeypatch.setattr(samples, "generate_batch", fake_batch)
     text = samples.generate_text(None, None, tok, "Once", context_length=16, max_new_tokens=4)
     assert seen["stop_id"] == 0 and not text.endswith("<|doc|>")
+
+
+def test_prepare_cli_takes_special_tokens(tmp_path, capsys):
+    from jaxlm.data.__main__ import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("Once upon a time.<|doc|>The end.<|doc|>\n" * 200)
+    out = tmp_path / "prepared"
+    args = ["prepare", "--train", str(text), "--valid", str(text), "--vocab-size", "300", "--out", str(out)]
+    assert main([*args, "--special-token", "<|doc|>", "--special-token", "<|endoftext|>", "--quiet"]) == 0
+    tok = load_tokenizer(out / "tokenizer.json")
+    assert special_tokens_of(tok) == ["<|doc|>", "<|endoftext|>"]
+    assert np.count_nonzero(np.load(out / "train.npy") == 0) == 400  # every <|doc|> is one token, id 0
+    again = [
+        "prepare",
+        "--train",
+        str(text),
+        "--valid",
+        str(text),
+        "--tokenizer",
+        str(out),
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    assert main([*again, "--quiet"]) == 2  # a ready tokenizer must have the tokens asked for (default here)
+    assert "special tokens" in capsys.readouterr().err
