@@ -10,8 +10,15 @@ import pytest
 
 from jaxlm.data.sources import BUNDLED_DIR, prepare
 from jaxlm.data.tokenizer import EOT, decode, load_tokenizer, train_tokenizer
-from jaxlm.data.tokens import (batch_at, batch_starts, encode_text_file, eval_batches, meta_path, open_tokens,
-                               token_dtype)
+from jaxlm.data.tokens import (
+    batch_at,
+    batch_starts,
+    encode_text_file,
+    eval_batches,
+    meta_path,
+    open_tokens,
+    token_dtype,
+)
 from jaxlm.errors import DataError
 
 TRAIN_TXT, VALID_TXT = BUNDLED_DIR / "train.txt", BUNDLED_DIR / "valid.txt"
@@ -24,6 +31,7 @@ def tokenizer(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- tokenizer
+
 
 def test_tokenizer_round_trip_on_sample(tokenizer):
     text = VALID_TXT.read_text(encoding="utf-8")
@@ -62,6 +70,7 @@ def test_tokenizer_vocab_too_small_is_a_data_error(tmp_path):
 
 
 # ---------------------------------------------------------------- token files
+
 
 def test_encode_text_file_writes_uint16_tokens_and_meta(tokenizer, tmp_path):
     out = tmp_path / "valid.npy"
@@ -190,6 +199,7 @@ def test_eval_batches_are_fixed_and_span_the_file():
 
 
 # ---------------------------------------------------------------- prepare: .txt -> cached token files
+
 
 def test_prepare_tokenizes_text_into_the_cache_once(tiny_config, isolated_cache):
     c = tiny_config(vocab_size=300)

@@ -39,8 +39,23 @@ def test_prepare_gz_train_and_txt_valid(tmp_path, capsys):
     valid = tmp_path / "valid.txt"
     valid.write_text(valid_text)
     out = tmp_path / "prepared"
-    assert main(["prepare", "--train", str(train), "--valid", str(valid), "--vocab-size", "300",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--train",
+                str(train),
+                "--valid",
+                str(valid),
+                "--vocab-size",
+                "300",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "MB/s" in printed and "bytes/token" in printed
 
@@ -59,7 +74,8 @@ def test_prepare_gz_train_and_txt_valid(tmp_path, capsys):
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's printable stand-ins for the 256 bytes (as CS336 tokenizers serialise them)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = ((ord("!"), ord("~")), (ord("¡"), ord("¬")), (ord("®"), ord("ÿ")))
+    keep = [b for lo, hi in printable for b in range(lo, hi + 1)]
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -85,8 +101,23 @@ def test_prepare_with_gpt2_style_vocab_and_merges(tmp_path, capsys):
     train.write_text("the cat saw the dog<|endoftext|>then\n")
     valid.write_text("the end\n")
     out = tmp_path / "out"
-    assert main(["prepare", "--train", str(train), "--valid", str(valid), "--tokenizer", str(tok_dir),
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--train",
+                str(train),
+                "--valid",
+                str(valid),
+                "--tokenizer",
+                str(tok_dir),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     the, space_the, eot = vocab["the"], vocab["Ġthe"], vocab["<|endoftext|>"]
     assert np.load(out / "valid.npy").tolist() == [the, vocab["Ġ"], ord("e"), ord("n"), ord("d"), ord("\n")]
     train_ids = np.load(out / "train.npy").tolist()
@@ -94,8 +125,25 @@ def test_prepare_with_gpt2_style_vocab_and_merges(tmp_path, capsys):
     reloaded = load_tokenizer(out / "tokenizer.json")  # saved beside the token files for training
     assert reloaded.decode(train_ids, skip_special_tokens=False) == train.read_text()
 
-    assert main(["prepare", "--train", str(train), "--valid", str(valid), "--tokenizer", str(tok_dir),
-                 "--vocab-size", "999", "--out", str(tmp_path / "out2"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "--train",
+                str(train),
+                "--valid",
+                str(valid),
+                "--tokenizer",
+                str(tok_dir),
+                "--vocab-size",
+                "999",
+                "--out",
+                str(tmp_path / "out2"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "260" in one_line_error(capsys)
     assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2*"))  # its temp folder is gone too
 
@@ -103,12 +151,41 @@ def test_prepare_with_gpt2_style_vocab_and_merges(tmp_path, capsys):
 def test_prepare_errors_are_one_line(tmp_path, capsys):
     valid = tmp_path / "v.txt"
     valid.write_text("hello\n")
-    assert main(["prepare", "--train", str(tmp_path / "nope.txt"), "--valid", str(valid), "--vocab-size", "300",
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "--train",
+                str(tmp_path / "nope.txt"),
+                "--valid",
+                str(valid),
+                "--vocab-size",
+                "300",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "nope.txt" in one_line_error(capsys)
     bad = tmp_path / "bad.txt.gz"
     with gzip.open(bad, "wb") as f:
         f.write(b"fine line\n\xff\xfe broken\n")
-    assert main(["prepare", "--train", str(valid), "--valid", str(bad), "--vocab-size", "300",
-                 "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "--train",
+                str(valid),
+                "--valid",
+                str(bad),
+                "--vocab-size",
+                "300",
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "not UTF-8" in one_line_error(capsys)
