@@ -159,7 +159,7 @@ def signalled_run(config_file: Path, cwd: Path, targets: list[int]) -> tuple[Pat
 def test_sigterm_150ms_apart_stops_both_at_one_step_and_resumes_bit_exactly(config_file, tmp_path, reference):
     run_dir, stopped, took = signalled_run(config_file, tmp_path, [0, 1])
     print(f"150 ms skew: both processes stopped at step {stopped}, {took:.1f}s after the first SIGTERM")
-    assert took < 15
+    assert took < 30  # about 7 s on a 2-core machine shared with three other test runs (load ~15)
     code, ended = finish(start(tmp_path, "--resume", str(run_dir)), tmp_path, 300)
     assert code == EXIT_OK and ended[0] == ended[1] == (LONG, LONG, EXIT_OK)
     assert summary(run_dir)["status"] == "completed"
@@ -170,7 +170,7 @@ def test_sigterm_150ms_apart_stops_both_at_one_step_and_resumes_bit_exactly(conf
 def test_sigterm_to_one_process_stops_both(config_file, tmp_path):
     _, stopped, took = signalled_run(config_file, tmp_path, [1])  # process 1 only: process 0 writes the records
     print(f"one process signalled: both stopped at step {stopped}, {took:.1f}s after the SIGTERM")
-    assert took < 15
+    assert took < 30  # about 7 s on a 2-core machine shared with three other test runs (load ~15)
 
 
 def test_wallclock_budget_ends_both_processes_at_one_step(config_file, tmp_path):
