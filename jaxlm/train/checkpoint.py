@@ -49,11 +49,15 @@ def _val_loss(metrics: dict) -> float:
 
 class _QuietMissingMetrics(logging.Filter):
     """Orbax warns on every save without metrics (ours are only on eval steps, by design) and on
-    every read-only open (how `load` reads a run); neither tells the user anything."""
+    every read-only open (how `load` reads a run); neither tells the user anything. A second stop
+    signal raises KeyboardInterrupt wherever the main thread is, possibly inside Orbax, which logs it
+    with a traceback before passing it on: the command reports that abort itself, in one line."""
 
     NOISE = ("did not provide metrics", "read_only=True, setting save_interval_steps", "Given directory is read only")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
         return not any(text in record.getMessage() for text in self.NOISE)
 
 
