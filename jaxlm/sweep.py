@@ -268,10 +268,10 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
-    interrupted = False
+    interrupted, outcomes = False, {}
     try:
         if not args.slurm:
-            run_sweep(
+            outcomes = run_sweep(
                 points, args.config, args.output_dir, runner=runner, quiet=args.quiet, retry_failed=args.retry_failed
             )
     except KeyboardInterrupt:
@@ -280,10 +280,16 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     command = shlex.join(["python", "-m", "jaxlm.sweep", *(sys.argv[1:] if argv is None else argv)])
     log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(args.output_dir))
     report = sweep_report.write_report(
-        points, args.output_dir, prefix, command=command, base_config=args.config, experiment_log=log_path
+        points,
+        args.output_dir,
+        prefix,
+        command=command,
+        base_config=args.config,
+        experiment_log=log_path,
+        outcomes=outcomes,
     )
     figures = ", ".join(str(p) for p in (report.png, report.by_value) if p is not None)
-    print(f"\n{report.table}\nwrote {figures} and {report.markdown}")
+    print(f"\n{report.table}\nwrote {figures + ' and ' if figures else ''}{report.markdown}")
     ok = not interrupted and all(s in FINAL_STATUSES for s in report.statuses.values())
     return EXIT_OK if ok else EXIT_FAILED
 

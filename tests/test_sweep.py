@@ -222,3 +222,16 @@ def test_one_real_point_through_launch(base, tmp_path, capsys):
     assert json.loads((out / "real_learning_rate=2e-3" / "config.json").read_text())["learning_rate"] == 2e-3
     assert "**best**" in (out / "real_sweep.md").read_text()
     assert not (tmp_path / "EXPERIMENT_LOG.md").exists()
+
+
+def test_points_that_fail_before_their_run_begins_are_failed_in_the_table_and_draw_no_plot(base, tmp_path, capsys):
+    """A launch refused before it made its run directory (exit 2) is "failed", as the console says, not
+    "not started"; with nothing to draw, no empty plot is written."""
+    out = tmp_path / "runs"
+    args = ["--config", str(base), "--grid", "learning_rate=1e-3,3e-3", "--name-prefix", "f"]
+    args += ["--output-dir", str(out), "--no-experiment-log"]
+    assert main(args, runner=lambda command: 2) == 1
+    table = (out / "f_sweep.md").read_text()
+    assert table.count("| failed |") == 2 and "not started" not in table
+    assert not (out / "f_sweep.png").exists() and not (out / "f_by_value.png").exists()
+    assert "failed (exit 2)" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jaxlm.tracking.evals import full_val_loss
 from jaxlm.tracking.explog import append_entry
-from jaxlm.tracking.fmt import markdown_table, number
+from jaxlm.tracking.fmt import markdown_table, number, write_text
 from jaxlm.tracking.runs import RunRecord, config_cell, differing_config_keys, is_run_dir, load_run
 from jaxlm.tracking.sweep_plots import PointCurves, ValuePoint, numeric, plot_by_value, plot_heatmap, plot_sweep_curves
 
@@ -36,7 +36,7 @@ FULL_VAL_COLUMN = "full val loss"
 
 @dataclass(frozen=True)
 class SweepReport:
-    png: Path
+    png: Path | None  # None when no point has a run directory to draw
     markdown: Path
     by_value: Path | None  # None when the grid is neither one numeric key nor two keys
     table: str
@@ -44,9 +44,10 @@ class SweepReport:
     best: str | None  # name of the best point
 
 
-def _status_cell(run: RunRecord | None) -> str:
+def _status_cell(run: RunRecord | None, outcome: str | None = None) -> str:
+    """A point's status; `outcome` is what the sweep saw of a point that left no run directory."""
     if run is None:
-        return "not started"
+        return outcome or "not started"
     s = run.summary
     if run.status == "diverged":
         step = s.get("diverged_step", s.get("steps"))
@@ -67,7 +68,11 @@ def _best_point(runs: dict[str, RunRecord | None]) -> str | None:
 
 
 def sweep_table(
-    points: Sequence, runs: dict[str, RunRecord | None], best: str | None, link_base: Path | None = None
+    points: Sequence,
+    runs: dict[str, RunRecord | None],
+    best: str | None,
+    link_base: Path | None = None,
+    outcomes: dict[str, str] | None = None,
 ) -> str:
     """Markdown table, one row per point; `link_base` makes the point names links relative to it. Besides
     COLUMNS: one column per config key that differs between the points, and the full-validation loss
@@ -83,7 +88,7 @@ def sweep_table(
         if link_base is not None and run is not None:
             label = f"[{point.label}]({Path(os.path.relpath(run.path.resolve(), link_base.resolve())).as_posix()})"
         if run is None:
-            cells = [label, _status_cell(None)] + ["n/a"] * (len(header) - 3)
+            cells = [label, _status_cell(None, (outcomes or {}).get(point.name))] + ["n/a"] * (len(header) - 3)
         else:
             best_val = run.best("val_loss")
             s = run.summary if run.summary.get("status") not in ("running", None) else {}
@@ -116,6 +121,8 @@ def _diverged_step(run: RunRecord) -> int | None:
 def write_figures(points: Sequence, runs: dict[str, RunRecord | None], output_dir: Path, prefix: str) -> list[Path]:
     """`<prefix>_sweep.png`, and `<prefix>_by_value.png` for a one-key numeric or a two-key grid."""
     found = [(p, runs[p.name]) for p in points if runs[p.name] is not None]
+    if not found:
+        return []  # nothing to draw: no empty plot
     png = output_dir / f"{prefix}_sweep.png"
     curves = [PointCurves(p.label, run.rows, _diverged_step(run), dict(p.values)) for p, run in found]
     plot_sweep_curves(curves, png, f"sweep {prefix}: {len(points)} points")
@@ -146,36 +153,59 @@ def write_figures(points: Sequence, runs: dict[str, RunRecord | None], output_di
 
 
 def write_report(
-    points: Sequence, output_dir: Path, prefix: str, *, command: str, base_config: str, experiment_log: Path | None
+    points: Sequence,
+    output_dir: Path,
+    prefix: str,
+    *,
+    command: str,
+    base_config: str,
+    experiment_log: Path | None,
+    outcomes: dict[str, str] | None = None,
 ) -> SweepReport:
-    """Write `<output_dir>/<prefix>_sweep.png` and `.md`; append the log entry unless `experiment_log` is None."""
+    """Write `<output_dir>/<prefix>_sweep.png` and `.md`; append the log entry unless `experiment_log` is None.
+    `outcomes` ({point: status}) is what the sweep saw of points that left no run directory (a launch
+    that failed before its run began), so the table says "failed" as the console did."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     runs = {p.name: load_run(output_dir / p.name) if is_run_dir(output_dir / p.name) else None for p in points}
-    statuses = {name: (run.status if run is not None else "not started") for name, run in runs.items()}
+    outcomes = outcomes or {}
+    statuses = {
+        name: (run.status if run is not None else outcomes.get(name, "not started")) for name, run in runs.items()
+    }
     best = _best_point(runs)
     figures = write_figures(points, runs, output_dir, prefix)
-    png = figures[0]
-    table = sweep_table(points, runs, best, link_base=output_dir)
+    png = figures[0] if figures else None
+    table = sweep_table(points, runs, best, link_base=output_dir, outcomes=outcomes)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(_count(statuses.values()).items()))
     best_line = "none (no point finished with a validation loss)"
     if best is not None:
         step, loss = runs[best].best("val_loss")
         best_line = f"`{best}` (val loss {loss:.4f} at step {step})"
     markdown = output_dir / f"{prefix}_sweep.md"
-    markdown.write_text(
+    write_text(
+        markdown,
         f"# Sweep `{prefix}`: {len(points)} points ({counts})\n\n"
-        f"`{command}`\n\nBest: {best_line}\n\n" + "".join(f"![{f.stem}]({f.name})\n\n" for f in figures[::-1]) + table
+        f"`{command}`\n\nBest: {best_line}\n\n" + "".join(f"![{f.stem}]({f.name})\n\n" for f in figures[::-1]) + table,
     )
     if experiment_log is not None:
         append_entry(
             experiment_log,
             _log_entry(
-                points, runs, best, best_line, counts, command, base_config, png, markdown, Path(experiment_log)
+                points,
+                runs,
+                best,
+                best_line,
+                counts,
+                command,
+                base_config,
+                png,
+                markdown,
+                Path(experiment_log),
+                outcomes,
             ),
         )
     by_value = figures[1] if len(figures) > 1 else None
-    return SweepReport(png, markdown, by_value, sweep_table(points, runs, best), statuses, best)
+    return SweepReport(png, markdown, by_value, sweep_table(points, runs, best, outcomes=outcomes), statuses, best)
 
 
 def _count(values) -> dict[str, int]:
@@ -185,7 +215,9 @@ def _count(values) -> dict[str, int]:
     return out
 
 
-def _log_entry(points, runs, best, best_line, counts, command, base_config, png, markdown, log_path: Path) -> str:
+def _log_entry(
+    points, runs, best, best_line, counts, command, base_config, png, markdown, log_path: Path, outcomes=None
+) -> str:
     """One grouped EXPERIMENT_LOG.md entry for the whole sweep; links relative to the log."""
     here = log_path.resolve().parent
     rel = lambda p: Path(os.path.relpath(Path(p).resolve(), here)).as_posix()
@@ -205,9 +237,9 @@ def _log_entry(points, runs, best, best_line, counts, command, base_config, png,
             "",
             f"- Command: `{command}`",
             f"- Best point: {best_line}",
-            f"- Plot: [{png.name}]({rel(png)}) · Table: [{markdown.name}]({rel(markdown)})",
+            (f"- Plot: [{png.name}]({rel(png)}) · " if png else "- ") + f"Table: [{markdown.name}]({rel(markdown)})",
             "",
-            sweep_table(points, runs, best, link_base=here),
+            sweep_table(points, runs, best, link_base=here, outcomes=outcomes),
             "### Observations",
             "",
             "",

@@ -158,6 +158,9 @@ class ExperimentTracker:
     def _reopen(self, config: Any, from_step: int) -> None:
         stored = json.loads((self.run_dir / "config.json").read_text())
         self.config = config_to_dict(config) or {k: v for k, v in stored.items() if k not in META_KEYS}
+        # the log entry of a resumed run still says where it was launched from, and every override since
+        self.config_file = self.config_file or stored.get("config_file")
+        self.overrides = [*(stored.get("overrides") or []), *self.overrides]
         self.rows = [r for r in read_rows(self.run_dir) if int(r["step"]) <= from_step]
         if self.rows:
             self.wallclock_offset = float(as_float(self.rows[-1].get("wallclock_s")) or 0.0)

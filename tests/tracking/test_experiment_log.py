@@ -153,3 +153,28 @@ def test_append_waits_for_a_lock_held_by_another_writer(tmp_path):
         fcntl.flock(held.fileno(), fcntl.LOCK_UN)
     assert proc.wait(timeout=30) == 0
     assert path.read_text() == "# earlier entries\n## late entry\n"
+
+
+def test_a_resumed_runs_entry_keeps_where_it_was_launched_from(tmp_path):
+    from jaxlm.tracking import ExperimentTracker
+
+    config_file = tmp_path / "base.json"
+    config_file.write_text(json.dumps({"learning_rate": 0.001, "max_iterations": 20}))
+    log = tmp_path / "EXPERIMENT_LOG.md"
+    config = {"learning_rate": 0.002, "max_iterations": 20}
+    first = ExperimentTracker(
+        "r", config, tmp_path, tensorboard=False, make_plots=False, experiment_log=log,
+        config_file=str(config_file), overrides=["learning_rate=0.002"],
+    )  # fmt: skip
+    first.log_step(5, train_loss=3.0)
+    first.finalize("interrupted")
+    resumed = ExperimentTracker.resume(
+        tmp_path / "r", 5, config={**config, "max_iterations": 50}, tensorboard=False, make_plots=False,
+        experiment_log=log, overrides=["max_iterations=50"],
+    )  # fmt: skip
+    resumed.log_step(6, train_loss=2.9)
+    resumed.finalize("completed")
+    second = log.read_text().split("\n## ")[-1]
+    assert f"Launched from: `{config_file}`" in second
+    assert "`learning_rate`: 0.001 -> 0.002" in second and "`max_iterations`: 20 -> 50" in second
+    assert "(default)" not in second
