@@ -83,16 +83,12 @@ class Trainer(TrainingLoop):
         self.params, self.opt_state, self.resumed = self.checkpoints.restore(which, self.params, self.opt_state)
         self.step = self.resumed["step"]
         saved_file = self.resumed.get("train_file") or {}
-        if saved_file and saved_file != self.train_file:
+        saved_tokens = self.resumed.get("train_tokens", len(self.train_tokens))
+        if (saved_file and saved_file != self.train_file) or saved_tokens != len(self.train_tokens):
+            then = f"{saved_tokens} tokens" + (f" in {saved_file['path']}" if saved_file else "")
             raise ConfigError(
-                f"training data changed since the checkpoint (token file {saved_file['path']}, "
-                f"{saved_file['bytes']} bytes; now {self.train_file['path']}, {self.train_file['bytes']} bytes): "
-                f"the data order would not continue"
-            )
-        if self.resumed.get("train_tokens", len(self.train_tokens)) != len(self.train_tokens):
-            raise ConfigError(
-                f"training data changed since the checkpoint ({self.resumed['train_tokens']} tokens, "
-                f"now {len(self.train_tokens)}): the data order would not continue"
+                f"training data changed since the checkpoint ({then}; now {len(self.train_tokens)} tokens in "
+                f"{self.train_file['path']}): the data order would not continue"
             )
         self.checkpoints.drop_after(self.step)
         return self.step

@@ -131,7 +131,7 @@ def test_smooth_x_axis_and_columns_for_the_keys_that_differ(three_runs, tmp_path
     assert mpimg.imread(out).shape[1] == 750  # one panel: tokens
     with pytest.raises(ValueError, match="--smooth 0"):
         compare.compare_runs(runs, out, smooth=0)
-    assert compare.main([*runs, "-o", str(out), "--x", "wallclock", "--smooth", "3"]) == 0
+    assert compare.main([*runs, "-o", str(tmp_path / "wall.png"), "--x", "wallclock", "--smooth", "3"]) == 0
 
 
 def test_running_mean():
