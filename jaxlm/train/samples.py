@@ -43,31 +43,3 @@ def generate_texts(
             new = new[:-1]
         texts.append(prompt + decode(tokenizer, new))
     return texts
-
-
-def generate_text(
-    graphdef,
-    params,
-    tokenizer,
-    prompt: str,
-    *,
-    context_length: int,
-    max_new_tokens: int,
-    temperature: float = 0.8,
-    top_p: float = 0.9,
-    seed: int = 0,
-    decode_step=None,
-) -> str:
-    """The prompt followed by one sampled continuation, cut at the end-of-text token."""
-    return generate_texts(
-        graphdef,
-        params,
-        tokenizer,
-        prompt,
-        context_length=context_length,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        decode_step=decode_step,
-    )[0]

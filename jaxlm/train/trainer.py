@@ -27,7 +27,7 @@ from jaxlm.train.hardware import peak_flops_for
 from jaxlm.train.loop import TrainingLoop
 from jaxlm.train.meter import Meter
 from jaxlm.train.optim import build_optimizer, learning_rate_schedule
-from jaxlm.train.samples import generate_text
+from jaxlm.train.samples import generate_texts
 from jaxlm.train.sharding import build_mesh, compile_eval_step, compile_train_step, init_state
 from jaxlm.train.stopping import DivergenceGuard
 
@@ -152,7 +152,7 @@ class Trainer(TrainingLoop):
         if self.decoder is None:
             self.decoder = Decoder(self.graphdef, temperature=0.8, top_p=0.9)
         with jax.default_device(self.device):
-            return generate_text(
+            return generate_texts(
                 self.graphdef,
                 self.params,
                 self.tokenizer,
@@ -161,4 +161,4 @@ class Trainer(TrainingLoop):
                 max_new_tokens=c.sample_tokens,
                 seed=c.seed if seed is None else seed,
                 decode_step=self.decoder,
-            )
+            )[0]

@@ -75,7 +75,7 @@ def test_generation_stops_at_the_first_special_token(tmp_path, monkeypatch):
         return [[tok.token_to_id("Ġthe") or 100, 0]]
 
     monkeypatch.setattr(samples, "generate_batch", fake_batch)
-    text = samples.generate_text(None, None, tok, "Once", context_length=16, max_new_tokens=4)
+    text = samples.generate_texts(None, None, tok, "Once", context_length=16, max_new_tokens=4)[0]
     assert seen["stop_id"] == 0 and not text.endswith("<|doc|>")
 
 

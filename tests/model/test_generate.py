@@ -12,7 +12,7 @@ from flax import nnx
 from jaxlm.generate import main
 from jaxlm.model.decode import Decoder, forward_cached, generate_batch, generate_ids, init_cache, sample_token
 from jaxlm.model.transformer import build_model
-from jaxlm.train.samples import generate_text
+from jaxlm.train.samples import generate_texts
 
 ABLATIONS = [
     {},
@@ -144,7 +144,7 @@ def test_generate_text_drops_end_of_text(tiny_split, monkeypatch):
     import jaxlm.train.samples as gen
 
     monkeypatch.setattr(gen, "generate_batch", lambda *a, **k: [[5, 6, 0]])
-    assert generate_text(graphdef, params, FakeTokenizer(), "hi", context_length=16, max_new_tokens=4) == "hifg"
+    assert generate_texts(graphdef, params, FakeTokenizer(), "hi", context_length=16, max_new_tokens=4) == ["hifg"]
 
 
 def test_nucleus_keeps_only_top_p_mass():
