@@ -159,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(config, name))
             print(describe_process())
             return EXIT_OK
-        run_dir = preflight(args, config, name)
-        claim = claim_run_dir(args, run_dir)
+        run_dir, claim = start_together(args, config, name)
         outcome = f"the run is as it was (--resume {run_dir} again)" if args.resume else "nothing was written"
         with exit_on_signal("data preparation and compilation", claim.abandon if claim else None, outcome=outcome):
             trainer = build_trainer(args, config, run_dir)
@@ -200,15 +199,28 @@ def check_wandb(config: Config) -> None:
         raise ConfigError(f"config key 'wandb_project': {why}")
 
 
-def claim_run_dir(args: argparse.Namespace, run_dir: Path) -> RunClaim | None:
-    """Join the other processes, then (process 0) own the run directory for this process's life:
-    created atomically and locked, so a second launch, resume or overwrite of it is refused."""
+def start_together(args: argparse.Namespace, config: Config, name: str) -> tuple[Path, RunClaim | None]:
+    """Join the other processes, run the pre-flight checks, then (process 0) own the run directory for
+    this process's life: created atomically and locked, so a second launch, resume or overwrite of it
+    is refused. A multi-process run agrees on the outcome: when any process's checks or process 0's
+    claim fail, every process stops with one line instead of waiting for the failed one."""
     from jaxlm.train import distributed
 
     distributed.initialize_from_env()  # multi-process runs: before anything touches JAX or Orbax
-    if not distributed.is_primary():
-        return None
-    return claim_run(run_dir, resume=args.resume is not None, overwrite=args.overwrite)
+    claim, error = None, None
+    try:
+        run_dir = preflight(args, config, name)
+        if distributed.is_primary():
+            claim = claim_run(run_dir, resume=args.resume is not None, overwrite=args.overwrite)
+    except UserError as e:
+        error = e
+    try:
+        distributed.raise_if_any_failed(error)
+    except UserError:
+        if claim is not None:
+            claim.abandon()
+        raise
+    return run_dir, claim
 
 
 def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):

@@ -84,6 +84,32 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+ERROR_BYTES = 1024  # the longest error message one process hands the others at start-up
+
+
+def raise_if_any_failed(error: UserError | None) -> None:
+    """Start-up checks, agreed: every process learns whether any process's checks failed, so that all
+    of them stop together (one process leaving before its first collective would leave the others
+    waiting in theirs until a timeout). Raises `error` on the process that had it and a UserError
+    naming the first failed process on the others; single-process runs just raise `error`."""
+    import jax
+
+    if jax.process_count() > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        text = str(error).encode("utf-8", "replace")[:ERROR_BYTES] if error is not None else b""
+        local = np.zeros(ERROR_BYTES + 1, np.uint8)
+        local[0], local[1 : 1 + len(text)] = error is not None, np.frombuffer(text, np.uint8)
+        rows = np.asarray(multihost_utils.process_allgather(local))
+        failed = [i for i in range(rows.shape[0]) if rows[i, 0]]
+        if error is None and failed:
+            message = rows[failed[0], 1:].tobytes().rstrip(b"\0").decode("utf-8", "ignore")
+            raise UserError(f"process {failed[0]} cannot start the run: {message}")
+    if error is not None:
+        raise error
+
+
 def primary_first(fn: Callable[[], T]) -> T:
     """Run `fn` on process 0, then (after a barrier) on the others: for work such as tokenizing into
     a shared cache, which the others then find done instead of racing to write it."""

@@ -139,3 +139,47 @@ def test_null_tracker_writes_nothing_and_has_only_the_protocol(tmp_path):
     assert not (tmp_path / "runs").exists()
     protocol = {name for name in vars(RunTracker) if not name.startswith("_")}
     assert protocol <= {name for name in dir(NullTracker) if not name.startswith("_")} | {"name", "run_dir"}
+
+
+def test_process_0_refused_the_run_directory_stops_every_process(tmp_path):
+    """Process 0 alone claims the run directory; when it is refused (another command holds the run),
+    process 1 must stop too, with one line, instead of waiting in its first collective."""
+    import socket
+    import time
+
+    from jaxlm.tracking import runlock
+
+    run = tmp_path / "runs" / "held"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"name": "held", **TINY}))
+    (run / "summary.json").write_text(json.dumps({"name": "held", "status": "interrupted", "steps": 5}))
+    holder = runlock.acquire(run)  # this test process plays the other command
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAXLM_COORDINATOR": f"127.0.0.1:{port}", "JAXLM_NUM_PROCESSES": "2", "JAX_PLATFORMS": "cpu"}
+    env.pop("JAXLM_DISTRIBUTED", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxlm.launch", "--resume", str(run), "--quiet"],
+            env={**env, "JAXLM_PROCESS_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    t0 = time.monotonic()
+    try:
+        results = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        holder.release()
+    assert time.monotonic() - t0 < 240
+    errors = [err.strip().splitlines() for _, err in results]
+    assert [p.returncode for p in procs] == [2, 2], errors
+    assert "in use by" in errors[0][-1] and f"PID {os.getpid()}" in errors[0][-1], errors
+    assert errors[1][-1].startswith("error: process 0 cannot start the run: run directory"), errors
+    assert all(len(e) == 1 for e in errors), errors
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"  # left as it was
