@@ -468,3 +468,58 @@ def test_disk_full_while_training_is_one_line(tmp_path, capsys, monkeypatch):
     assert code == EXIT_FAILED, err
     assert err.startswith("error: ") and "\n" not in err and "No space left on device" in err, err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def _big_text(path: Path, megabytes: int) -> None:
+    rng = np.random.default_rng(0)
+    words = np.array(["once", "upon", "a", "time", "there", "was", "cat", "dog", "who", "liked", "to", "run", "."])
+    line = " ".join(rng.choice(words, size=200_000)) + "\n"
+    path.write_text(line * max(1, megabytes * 2**20 // len(line)))
+
+
+def _staging(work: Path) -> list[str]:
+    return sorted(p.name for p in work.iterdir() if p.name.startswith(".prepared."))
+
+
+def test_ctrl_c_during_data_prepare_leaves_nothing_and_a_killed_one_is_cleaned_up(tmp_path):
+    _big_text(tmp_path / "train.txt", 24)
+    argv = ["jaxlm.data", *_data_prepare(tmp_path, (tmp_path / "train.txt").read_bytes())[:-1]]
+    proc = cli(*argv, "--vocab-size", "2000", "--quiet")  # (the last --vocab-size wins)
+    wait_for(lambda: bool(_staging(tmp_path)), proc, timeout=120)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_ABORTED and err.strip().startswith("error: SIGINT during data preparation"), err
+    assert err.strip().count("\n") == 0, err
+    assert _staging(tmp_path) == [] and not (tmp_path / "prepared").exists()
+
+    proc = cli(*argv, "--vocab-size", "2000", "--quiet")
+    wait_for(lambda: bool(_staging(tmp_path)), proc, timeout=120)
+    proc.kill()  # kill -9: no handler runs, the staging folder stays ...
+    proc.wait()
+    left = _staging(tmp_path)
+    assert len(left) == 1, left
+    (tmp_path / "train.txt").write_text("Once upon a time there was a dog.\n" * 200)
+    ok = cli(*argv, "--quiet")
+    out, err = ok.communicate(timeout=300)
+    assert ok.returncode == EXIT_OK, err
+    assert _staging(tmp_path) == [] and (tmp_path / "prepared" / "train.npy").is_file()  # ... until the next run
+
+
+def test_a_previous_output_moved_aside_by_a_killed_force_is_put_back(tmp_path):
+    """`--force` moves the old --out aside before renaming the new one into place; a kill between the two
+    renames must not lose it: the next run moves it back."""
+    import socket
+
+    from jaxlm.data.prepare import remove_staging
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    old = tmp_path / f".prepared.old-{socket.gethostname()}-{dead.pid}-"
+    old.mkdir()
+    (old / "train.npy").write_text("the user's tokens")
+    live = tmp_path / f".prepared.tmp-{socket.gethostname()}-{os.getpid()}-x"  # a live process's build: kept
+    live.mkdir()
+    remove_staging(tmp_path / "prepared", dead_only=True)
+    assert (tmp_path / "prepared" / "train.npy").read_text() == "the user's tokens"
+    assert _staging(tmp_path) == [live.name]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from jaxlm.data.download import DATASETS, default_endpoint, download_dataset
-from jaxlm.data.prepare import prepare_corpus
+from jaxlm.data.prepare import prepare_corpus, remove_staging
 from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.runtime import exit_on_signal
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in download_dataset(args.dataset, args.dir, endpoint=args.endpoint, progress=not args.quiet):
                 print(f"{path} ({path.stat().st_size:,} bytes)")
             return EXIT_OK
-        with exit_on_signal("data preparation", outcome="--out is as it was"):  # a temp folder may remain
+        with exit_on_signal("data preparation", lambda: remove_staging(args.out), outcome="--out is as it was"):
             report = prepare_corpus(
                 args.train,
                 args.valid,

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -87,7 +88,8 @@ def prepare_corpus(
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise DataError(f"--out '{out_dir}': already exists and is not empty (choose another, or pass --force)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_staging(out_dir, dead_only=True)  # what an earlier, killed `prepare` of this --out left behind
+    work = Path(tempfile.mkdtemp(prefix=_staging_name(out_dir, "tmp"), dir=out_dir.parent))
     try:  # built whole in `work`, then renamed into place: a failure leaves `out_dir` as it was
         report = _build(train, valid, work, vocab_size, tokenizer, special_tokens, progress)
         _swap_into_place(work, out_dir)
@@ -100,11 +102,45 @@ def prepare_corpus(
     )
 
 
+def _staging_name(out_dir: Path, kind: str, pid: int | None = None) -> str:
+    """`.OUT.tmp-HOST-PID-` (the folder being built) or `.OUT.old-HOST-PID-` (a --force's previous
+    output, moved aside): the name says which process on which host made it, so a later run can tell
+    what a killed one left behind from what a live one is still building."""
+    return f".{out_dir.name}.{kind}-{socket.gethostname()}-{os.getpid() if pid is None else pid}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
+
+
+def remove_staging(out_dir: str | Path, dead_only: bool = False) -> None:
+    """Remove the staging folders of `--out` made on this host: this process's own (on Ctrl-C), or with
+    `dead_only` those of processes that no longer run. A previous output that a killed `--force` had
+    moved aside, with nothing put in its place, is moved back instead of removed."""
+    out_dir = Path(out_dir)
+    for kind in ("tmp", "old"):
+        prefix = _staging_name(out_dir, kind, 0)[: -len("0-")]
+        for path in sorted(p for p in out_dir.parent.iterdir() if p.name.startswith(prefix)):
+            pid = path.name[len(prefix) :].split("-", 1)[0]
+            if not pid.isdigit() or (int(pid) != os.getpid() if not dead_only else _alive(int(pid))):
+                continue
+            if kind == "old" and not out_dir.exists():
+                os.replace(path, out_dir)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def _swap_into_place(work: Path, out_dir: Path) -> None:
     """Rename `work` to `out_dir`; a previous `out_dir` (--force) is moved aside first, then deleted."""
     old = None
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        old = out_dir.with_name(_staging_name(out_dir, "old"))
         os.replace(out_dir, old)
     os.replace(work, out_dir)
     if old is not None:
