@@ -25,10 +25,10 @@ from jaxlm.rundir import (
     check_writable,
     claim_run,
     resume_config,
-    saved_checkpoint_steps,
 )
 from jaxlm.runtime import describe_process, exit_on_signal, run_command
 from jaxlm.tracking.fmt import number
+from jaxlm.tracking.runs import saved_checkpoint_steps
 from jaxlm.train import memory
 from jaxlm.train.flops import flops_per_token, param_counts
 
@@ -254,11 +254,15 @@ def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: P
     """The run's records: written by process 0 only (a new run directory, or the resumed one reopened)."""
     from jaxlm.tracking import ExperimentTracker
     from jaxlm.tracking.explog import default_log_path
+    from jaxlm.tracking.killed import record_killed, record_killed_runs
     from jaxlm.tracking.protocol import NullTracker
     from jaxlm.train.distributed import is_primary
 
     if not is_primary():
         return NullTracker(name, run_dir)
+    if args.resume is not None:
+        record_killed(run_dir)  # a run killed before it could write its own log entry: written now, once
+    record_killed_runs(run_dir.parent)
     log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(run_dir.parent))
     tracking = {"experiment_log": log_path, "overrides": args.overrides}
     record = {"name": name, **config.to_dict()}  # what config.json holds

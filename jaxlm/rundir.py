@@ -88,16 +88,6 @@ class RunDir:
 NO_CHECKPOINT = "interrupted before the first checkpoint"
 
 
-def saved_checkpoint_steps(run_dir: str | Path) -> list[int]:
-    """Steps with a finished checkpoint (Orbax renames `<step>.orbax-checkpoint-tmp-*` to `<step>` when a
-    save completes), read from the directory alone: no JAX, so the sweep can ask it."""
-    folder = Path(run_dir) / "checkpoints"
-    try:
-        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
-    except OSError:
-        return []
-
-
 def parse_checkpoint(text: str) -> str | int:
     """A `--checkpoint` value: "best", "latest" or a step number."""
     if text.isdigit():

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
-from jaxlm.rundir import saved_checkpoint_steps
 from jaxlm.tracking import runlock
 from jaxlm.tracking.fmt import write_json, write_text
+from jaxlm.tracking.runs import saved_checkpoint_steps
 from jaxlm.train.grid import GridPoint, expand, find_points, parse_grid
 
 FINAL_STATUSES = ("completed", "diverged")  # re-running would only repeat these

@@ -425,8 +425,8 @@ def test_two_signals_before_the_first_checkpoint_say_so_and_sweep_restarts(tmp_p
     if proc.returncode == EXIT_ABORTED and not list((run / "checkpoints").glob("[0-9]*")):
         assert "interrupted before the first checkpoint" in err
         assert json.loads((run / "summary.json").read_text())["resume"] == "interrupted before the first checkpoint"
-    from jaxlm.rundir import saved_checkpoint_steps
     from jaxlm.sweep import GridPoint, plan
+    from jaxlm.tracking.runs import saved_checkpoint_steps
 
     action, command = plan(GridPoint("run", (), (), None), str(tmp_path / "run.json"), tmp_path, quiet=True,
                            retry_failed=False)  # fmt: skip

@@ -39,6 +39,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def saved_checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """Steps with a finished checkpoint (Orbax renames `<step>.orbax-checkpoint-tmp-*` to `<step>` when a
+    save completes), read from the directory alone: no JAX, so the sweep and the log can ask it."""
+    folder = Path(run_dir) / "checkpoints"
+    try:
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+    except OSError:
+        return []
+
+
 def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every logged row, as dicts; CSV cells parsed to numbers, empty cells dropped."""
     run_dir = Path(run_dir)

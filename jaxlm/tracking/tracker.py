@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxlm.tracking import explog, plots
+from jaxlm.tracking import explog, killed, plots
 from jaxlm.tracking.fmt import as_float, json_safe, write_json
 from jaxlm.tracking.outputs import OutputError
 from jaxlm.tracking.records import (
@@ -153,6 +153,7 @@ class ExperimentTracker:
             "status": "running",
             "start_time": meta["start_time"],
             "segments": [segment_record(0)],
+            "experiment_log": self._log_path(),
         }
 
     def _reopen(self, config: Any, from_step: int) -> None:
@@ -172,9 +173,14 @@ class ExperimentTracker:
             status="running", resumed_from_step=from_step, resumes=int(self.summary.get("resumes") or 0) + 1
         )
         self.summary["segments"] = [*self.summary.get("segments", []), segment_record(from_step)]
-        for stale in ("error", "end_time"):
+        for stale in ("error", "end_time", killed.LOGGED):
             self.summary.pop(stale, None)
+        self.summary["experiment_log"] = self._log_path()
         self.write_metrics_json()
+
+    def _log_path(self) -> str | None:
+        """Where this run's log entry goes, as summary.json records it (for `jaxlm.tracking.killed`)."""
+        return str(self.experiment_log.resolve()) if self.experiment_log is not None else None
 
     def update_config(self, **fields: Any) -> None:
         """Record config values decided during the run (e.g. a schedule sized to a wall-clock budget)

@@ -178,3 +178,41 @@ def test_a_resumed_runs_entry_keeps_where_it_was_launched_from(tmp_path):
     assert f"Launched from: `{config_file}`" in second
     assert "`learning_rate`: 0.001 -> 0.002" in second and "`max_iterations`: 20 -> 50" in second
     assert "(default)" not in second
+
+
+def test_a_killed_run_gets_its_entry_from_the_next_launch_once(project):
+    """A run killed without a word (summary `running`, lock free) is logged `stopped (killed)` by the next
+    launch in its runs folder, once, in the log it was writing to; a run still held is left alone."""
+    from jaxlm.tracking import ExperimentTracker, runlock
+    from jaxlm.tracking.killed import LOGGED, record_killed, record_killed_runs
+
+    log = project / "EXPERIMENT_LOG.md"
+    killed = ExperimentTracker("killed", {**CONFIG, "seed": 1}, "runs", experiment_log=log, config_file="cfg.json")
+    for step in (1, 2, 3):
+        killed.log_step(step, train_loss=5.0 / step, val_loss=4.5 if step == 3 else None)
+    held = ExperimentTracker("held", CONFIG, "runs", experiment_log=log)  # its owner is alive:
+    lock = runlock.acquire(held.run_dir)
+    try:
+        assert launch.main(["--config", "cfg.json", "--name", "next", "--quiet"]) == 0
+        text = log.read_text()
+        assert text.count("\n## ") == 2, text
+        entry = text.split("\n## ")[1]
+        assert entry.splitlines()[0].endswith("· killed · stopped (killed)"), entry
+        assert "killed at step 3 (no stop signal handled); no checkpoint was saved" in entry
+        assert "best val loss 4.5000 (step 3)" in entry and "Launched from: `cfg.json`" in entry
+        assert "· next · completed" in text.split("\n## ")[2]
+        assert json.loads((project / "runs" / "killed" / "summary.json").read_text())[LOGGED] is True
+        assert record_killed_runs(project / "runs") == []  # once per kill
+        assert launch.main(["--config", "cfg.json", "--name", "again", "--quiet"]) == 0
+        assert log.read_text().count("stopped (killed)") == 1
+    finally:
+        lock.release()
+    assert record_killed_runs(project / "runs") == [project / "runs" / "held"]  # freed: now it is a kill
+
+    lock = runlock.acquire(killed.run_dir)  # a --resume owns it: the mark goes with the reopened summary
+    try:
+        assert not record_killed(killed.run_dir)
+        reopened = ExperimentTracker.resume(killed.run_dir, 3, config=CONFIG, experiment_log=log)
+        assert LOGGED not in reopened.summary and reopened.summary["status"] == "running"
+    finally:
+        lock.release()
