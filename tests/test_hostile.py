@@ -523,3 +523,47 @@ def test_a_previous_output_moved_aside_by_a_killed_force_is_put_back(tmp_path):
     remove_staging(tmp_path / "prepared", dead_only=True)
     assert (tmp_path / "prepared" / "train.npy").read_text() == "the user's tokens"
     assert _staging(tmp_path) == [live.name]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (needs root, as CI has; skipped elsewhere)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_disk_full_before_a_checkpoint_save_is_one_line_and_resumable(small_disk):
+    """A real full disk (tmpfs) at a checkpoint save: one line, exit 1, the previous checkpoint intact and no
+    half-written one; once there is space again the run resumes from it and completes."""
+    from jaxlm.errors import EXIT_FAILED
+    from jaxlm.tracking.runs import saved_checkpoint_steps
+
+    config = small_disk / "run.json"
+    config.write_text(json.dumps({**RUN, "max_iterations": 100000, "cosine_cycle_iters": 100000}))
+    argv = ["--output-dir", str(small_disk / "runs"), "--quiet", "--no-experiment-log"]
+    proc = cli("jaxlm.launch", "--config", str(config), *argv)
+    run = small_disk / "runs" / "run"
+    wait_for(lambda: bool(saved_checkpoint_steps(run)), proc)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # leave 256 KiB: room for metrics rows, none for a checkpoint
+        f.write(b"\0" * max(0, shutil.disk_usage(small_disk).free - 256 * 2**10))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_FAILED, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: stopped at step"), err
+    assert "No space left on device" in err and "resume from step" in err, err
+    assert not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    filler.unlink()
+    last = saved_checkpoint_steps(run)[-1]
+    resumed = cli("jaxlm.launch", "--resume", str(run), "--set", f"max_iterations={last + 5}", "--quiet")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == EXIT_OK, err
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"

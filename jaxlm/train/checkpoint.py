@@ -20,8 +20,10 @@ it is never listed as a step and is deleted when the run's manager next opens.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,12 @@ from orbax.checkpoint import checkpoint_managers as policies
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError, UserError
 from jaxlm.rundir import NO_CHECKPOINT, RunDir
+from jaxlm.train import distributed
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+SPACE_MARGIN, SPACE_SLACK_BYTES = 1.05, 2**20  # a save needs the last checkpoint's size times this, plus this
 
 
 class CheckpointError(UserError):
@@ -201,6 +205,12 @@ class RunCheckpoints:
         """Start an async save of step `step` (no-op if it exists); returns once arrays are copied off."""
         if step in self.mngr.all_steps():
             return False
+        self.mngr.wait_until_finished()  # (Orbax's save would wait here too) so the free space is settled
+        distributed.raise_if_any_failed(
+            self._space_error(step, params, opt_state),
+            lambda m: OSError(errno.ENOSPC, m, str(self.folder)),
+            what=f"save the checkpoint of step {step}",
+        )
         metrics = {"val_loss": float(val_loss)} if val_loss is not None and math.isfinite(val_loss) else None
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
@@ -208,6 +218,32 @@ class RunCheckpoints:
             meta=ocp.args.JsonSave({"step": step, **meta}),
         )
         return self.mngr.save(step, args=args, metrics=metrics, force=True)
+
+    @property
+    def folder(self) -> Path:
+        return self.run_dir.absolute() / CHECKPOINTS
+
+    def _space_error(self, step: int, params, opt_state) -> OSError | None:
+        """ENOSPC before a save that would not fit: the size of the last finished checkpoint (else the
+        arrays' bytes) plus a margin, against the free space. Orbax writes in background threads, where
+        a full disk becomes a flood of logged tracebacks and a run that trains on without checkpoints;
+        found here, it is one error in the main thread, with the previous checkpoint untouched."""
+        folder = self.folder
+        done = [folder / str(s) for s in self.steps]
+        if done:
+            need = sum(f.stat().st_size for f in done[-1].rglob("*") if f.is_file())
+        else:
+            need = sum(x.nbytes for x in jax.tree.leaves((params, opt_state)) if hasattr(x, "nbytes"))
+        need = int(need * SPACE_MARGIN) + SPACE_SLACK_BYTES
+        free = shutil.disk_usage(folder if folder.is_dir() else self.run_dir).free
+        if free >= need:
+            return None
+        return OSError(
+            errno.ENOSPC,
+            f"No space left on device: the checkpoint of step {step} needs about {need / 2**20:,.1f} MiB, "
+            f"{free / 2**20:,.1f} MiB free",
+            str(folder),
+        )
 
     def restore(self, which: str | int, params_like, opt_state_like) -> tuple[Any, Any, dict[str, Any]]:
         """(params, opt_state, meta) of a saved step, laid out like the given live trees."""

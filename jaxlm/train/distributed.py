@@ -87,11 +87,14 @@ def is_primary() -> bool:
 ERROR_BYTES = 1024  # the longest error message one process hands the others at start-up
 
 
-def raise_if_any_failed(error: UserError | None) -> None:
-    """Start-up checks, agreed: every process learns whether any process's checks failed, so that all
-    of them stop together (one process leaving before its first collective would leave the others
-    waiting in theirs until a timeout). Raises `error` on the process that had it and a UserError
-    naming the first failed process on the others; single-process runs just raise `error`."""
+def raise_if_any_failed(
+    error: Exception | None, others: Callable[[str], Exception] = UserError, what: str = "start the run"
+) -> None:
+    """A check before a collective (start-up, a checkpoint save), agreed: every process learns whether
+    any process's check failed, so that all of them stop together (one process leaving before a
+    collective would leave the others waiting in it until a timeout). Raises `error` on the process
+    that had it and `others(message)` naming the first failed process on the others; single-process
+    runs just raise `error`."""
     import jax
 
     if jax.process_count() > 1:
@@ -105,7 +108,7 @@ def raise_if_any_failed(error: UserError | None) -> None:
         failed = [i for i in range(rows.shape[0]) if rows[i, 0]]
         if error is None and failed:
             message = rows[failed[0], 1:].tobytes().rstrip(b"\0").decode("utf-8", "ignore")
-            raise UserError(f"process {failed[0]} cannot start the run: {message}")
+            raise others(f"process {failed[0]} cannot {what}: {message}")
     if error is not None:
         raise error
 
