@@ -176,15 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             claim.lock.release()
 
 
-def preflight(args: argparse.Namespace, config: Config, name: str) -> Path:
-    """Every check that needs no devices: data files, the run directory, the checkpoint to resume.
-    Returns the run directory; nothing has been written."""
+def preflight(args: argparse.Namespace, config: Config, name: str, owner: bool = True) -> Path:
+    """Every check that needs no devices: data files, W&B, the run directory (by its `owner`, process 0:
+    the others would find the directory it has just claimed). Returns the run directory; nothing has
+    been written."""
     from jaxlm.data.sources import check_sources
 
     check_sources(config)
     check_wandb(config)
     run_dir = Path(args.resume).resolve() if args.resume else Path(args.output_dir) / name
-    if args.resume is None:
+    if args.resume is None and owner:
         check_new_run_dir(run_dir, args.overwrite)
     check_writable(run_dir.parent)
     return run_dir
@@ -209,7 +210,7 @@ def start_together(args: argparse.Namespace, config: Config, name: str) -> tuple
     distributed.initialize_from_env()  # multi-process runs: before anything touches JAX or Orbax
     claim, error = None, None
     try:
-        run_dir = preflight(args, config, name)
+        run_dir = preflight(args, config, name, owner=distributed.is_primary())
         if distributed.is_primary():
             claim = claim_run(run_dir, resume=args.resume is not None, overwrite=args.overwrite)
     except UserError as e:

@@ -98,14 +98,16 @@ def run_command(main: Callable[[], int]) -> None:
 
 
 @contextlib.contextmanager
-def exit_on_signal(
-    what: str, cleanup: Callable[[], None] | None = None, code: int = 130, outcome: str = "nothing was written"
-):
-    """Inside the block, SIGINT/SIGTERM end the process at once with one line and exit `code`:
-    for phases (data preparation, compilation) that hold no state worth saving, where a
-    KeyboardInterrupt unwinding through JAX or a Rust tokenizer trainer prints tracebacks or
-    crashes. `cleanup` removes what the command created so far; `os._exit` skips XLA's
-    teardown of half-built executables (the source of the crashes)."""
+def exit_on_signal(what: str, cleanup: Callable[[], None] | None = None, outcome: str = "nothing was written"):
+    """Inside the block, SIGINT/SIGTERM end the process at once with one line: for phases (data
+    preparation, compilation) that hold no state worth saving, where a KeyboardInterrupt unwinding
+    through JAX or a Rust tokenizer trainer prints tracebacks or crashes. Ctrl-C exits 130 (the user
+    stopped it); SIGTERM exits 75 (a scheduler stopped it: a preempted SLURM job's script requeues on
+    75, and its `--resume-if-exists` starts the run again). `cleanup` removes what the command
+    created so far; `os._exit` skips XLA's teardown of half-built executables (the source of the
+    crashes)."""
+    from jaxlm.errors import EXIT_ABORTED, EXIT_INTERRUPTED
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -119,7 +121,7 @@ def exit_on_signal(
             except Exception:  # noqa: BLE001 - exiting anyway; the message below is what matters
                 pass
         os.write(2, f"\nerror: {signal.Signals(signum).name} during {what}: stopped; {outcome}\n".encode())
-        os._exit(code)
+        os._exit(EXIT_INTERRUPTED if signum == signal.SIGTERM else EXIT_ABORTED)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

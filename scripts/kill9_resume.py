@@ -3,8 +3,9 @@
     uv run python scripts/kill9_resume.py [--kills 20] [--steps 60] [--seed 0] [--work DIR]
 
 First one uninterrupted reference run. Then, for each kill: start the same run,
-SIGKILL it at a random moment (anywhere from start-up to the end: during data
-loading, compilation, a step, an eval or an async checkpoint save), then
+SIGKILL it at a random moment of its training (from its first logged step to its
+end: a step, an eval or an async checkpoint save; `--anytime` draws from start-up
+on instead, where most kills land in imports and compilation), then
 `--resume` it (or, when it left no checkpoint, say so and start it again with
 `--overwrite`, as the sweep does). Every completed resume's logged train/val
 losses are compared with the reference run's, step by step; leftover
@@ -61,12 +62,29 @@ def losses(run: Path) -> dict[int, tuple]:
     return {r["step"]: (r.get("train_loss"), r.get("val_loss")) for r in rows}
 
 
+def first_row_seconds(proc: subprocess.Popen, run: Path) -> float | None:
+    """Seconds until `run` logged its first step (None if the process ended first)."""
+    t0 = time.monotonic()
+    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").stat().st_size > 0):
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.005)
+    return time.monotonic() - t0
+
+
+def saving(run: Path) -> bool:
+    """An Orbax save is in flight: its temporary folder exists."""
+    folder = run / "checkpoints"
+    return folder.is_dir() and any("tmp" in d.name for d in folder.iterdir())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one)")
+    p.add_argument("--anytime", action="store_true", help="kill from start-up on, not only during training")
     a = p.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="jaxlm-kill9-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -82,24 +100,31 @@ def main() -> int:
     reference = losses(work / "reference")
     t0 = time.monotonic()  # a second, warm run (token cache and compiled steps reused) sets the kill window
     warm = launch("--config", str(config), "--name", "warm", "--output-dir", str(work))
+    start_s = first_row_seconds(warm, work / "warm") or 0.0
     warm.communicate()
     ref_s = time.monotonic() - t0
+    window = ref_s if a.anytime else ref_s - start_s
     print(
-        f"reference run: {a.steps} steps; a warm run takes {ref_s:.1f}s (wall, start-up included) and "
-        f"{'equals' if losses(work / 'warm') == reference else 'DIFFERS from'} it"
+        f"reference run: {a.steps} steps; a warm run takes {ref_s:.1f}s (wall), {start_s:.1f}s of it start-up; "
+        f"kills fall in the {'whole run' if a.anytime else 'training after start-up'}; the warm run "
+        f"{'equals' if losses(work / 'warm') == reference else 'DIFFERS from'} the reference"
     )
     rng = random.Random(a.seed)
-    tally = {"equal": 0, "differs": 0, "restarted": 0, "unexplained": 0, "tmp_left": 0}
+    tally = {"equal": 0, "differs": 0, "restarted": 0, "unexplained": 0, "tmp_left": 0, "in_save": 0}
     for i in range(a.kills):
         name = f"k{i:02d}"
         run = work / name
-        delay = rng.uniform(0.0, ref_s * 0.95)
+        delay = rng.uniform(0.0, window * 0.95)
         proc = launch("--config", str(config), "--name", name, "--output-dir", str(work))
+        started = 0.0 if a.anytime else first_row_seconds(proc, run)
         time.sleep(delay)
-        finished_first = proc.poll() is not None
+        finished_first = started is None or proc.poll() is not None
+        in_save = False
         if not finished_first:
+            in_save = saving(run)
             proc.send_signal(signal.SIGKILL)
         proc.wait()
+        tally["in_save"] += in_save
         steps_done = max(losses(run), default=0) if (run / "metrics.jsonl").is_file() else 0
         saved = sorted(int(d.name) for d in (run / "checkpoints").iterdir() if d.name.isdigit()) if (
             run / "checkpoints"
@@ -109,7 +134,9 @@ def main() -> int:
         elif not run.is_dir():
             how = "killed before the run directory existed"
         else:
-            how = f"killed at ~{delay:.1f}s (logged step {steps_done}, checkpoints {saved[-3:]})"
+            when = f"{delay:.2f}s {'after start' if a.anytime else 'into training'}"
+            during = ", during a checkpoint save" if in_save else ""
+            how = f"killed {when}{during} (logged step {steps_done}, checkpoints {saved[-3:]})"
         if run.is_dir() and not finished_first:
             resume = launch("--resume", str(run))
             _, err = resume.communicate()
@@ -136,7 +163,8 @@ def main() -> int:
         tally["equal" if same else "differs"] += 1
         print(f"[{i + 1:2d}] {how}; final run {'equals' if same else 'DIFFERS from'} the reference; tmp left: {tmp}")
     print(
-        f"summary: {a.kills} kills; {tally['equal']} completed runs equal the reference, {tally['differs']} differ; "
+        f"summary: {a.kills} kills ({tally['in_save']} while a checkpoint save was in flight); "
+        f"{tally['equal']} completed runs equal the reference, {tally['differs']} differ; "
         f"{tally['restarted']} had no checkpoint and were restarted (said so); {tally['unexplained']} failed without "
         f"a one-line reason; {tally['tmp_left']} temporary checkpoint folders left after resume; work: {work}"
     )

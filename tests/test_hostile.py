@@ -388,7 +388,9 @@ def test_two_concurrent_launches_of_one_name(tmp_path, finished):
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
-def test_ctrl_c_during_compile_is_one_line_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, EXIT_ABORTED), (signal.SIGTERM, 75)])
+def test_a_signal_during_compile_is_one_line_and_leaves_nothing(tmp_path, sig, code):
+    """Ctrl-C exits 130; SIGTERM (a scheduler's) exits 75, which a SLURM job's script requeues."""
     (tmp_path / "run.json").write_text(json.dumps({**RUN, "d_model": 48, "num_heads": 4}))
     proc = cli(
         "jaxlm.launch",
@@ -401,11 +403,11 @@ def test_ctrl_c_during_compile_is_one_line_and_leaves_nothing(tmp_path):
     )
     wait_for(lambda: (tmp_path / "runs" / "run" / runlock.LOCK_FILE).exists(), proc)
     time.sleep(0.5)  # into data loading / compilation
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     lines = err.strip().splitlines()
-    assert proc.returncode == EXIT_ABORTED, err
-    assert len(lines) == 1 and lines[0].startswith("error: SIGINT during"), err
+    assert proc.returncode == code, err
+    assert len(lines) == 1 and lines[0].startswith(f"error: {sig.name} during"), err
     assert not (tmp_path / "runs" / "run").exists()  # the claimed directory is taken back
 
 
