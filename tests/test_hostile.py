@@ -218,6 +218,23 @@ CASES = {
         ("'seed'", "7"),
         needs_run=True,
     ),
+    "resume-edited-data-path": Case(
+        "launch",
+        lambda w, f: (
+            np.save(w / "other.npy", np.arange(5000, dtype=np.uint16) % 300),
+            r := copy_run(w, f),
+            edit_config(r, train_data_path=str(w / "other.npy"), val_data_path=str(w / "other.npy")),
+            ["--resume", str(r), "--set", "max_iterations=12"],
+        )[-1],
+        ("'train_data_path'", "other.npy"),
+        needs_run=True,
+        may_change=("other.npy",),
+    ),
+    "memory-vocab-huge": Case("launch", lambda w, f: new_run(w, {**RUN, "vocab_size": 20_000_000}), ("needs about",)),
+    "memory-batch-huge": Case("launch", lambda w, f: new_run(w, {**RUN, "batch_size": 1_000_000}), ("needs about",)),
+    "memory-vocab-1e9-tokenizer": Case(
+        "launch", lambda w, f: new_run(w, {**RUN, "vocab_size": 1_000_000_000}), ("needs about",)
+    ),
     "resume-corrupt-config": Case(
         "launch",
         lambda w, f: (r := copy_run(w, f), (r / "config.json").write_bytes(b"\xff{"), ["--resume", str(r)])[-1],
