@@ -1,15 +1,31 @@
 """The memory a config needs, estimated from the config alone, and the check made before anything
 is allocated: a run that cannot fit is refused with one line giving the estimate and the limit.
 
-The estimate is an upper-bound sketch, not a measurement (XLA fuses and reuses buffers):
+The estimate is what one device holds at the worst moment of a run: the larger of the train step
+and the eval step (which runs the whole batch at once, so with gradient accumulation its logits can
+outweigh a micro-batch's training), plus the validation batches kept on the device for the run.
+Its coefficients were fitted to XLA's buffer assignment of the real compiled steps
+(`scripts/calibrate_memory.py`; docs/performance.md has the table) and rounded up, so it is meant
+to sit at or a little above what XLA plans, not at a worst case. Byte counts, for P parameters,
+b rows per micro-batch (batch_size / grad_accum_steps), B = batch_size, T, d, d_ff, H, V, L:
 
-* parameters, gradients and AdamW's two moments: 4 x params x 4 bytes (float32 master state);
-* activations kept for the backward pass: per layer about 16 x batch x context x d_model values
-  plus the attention scores, batch x heads x context^2 (twice: scores and probabilities);
-* the logits: batch x context x vocab, three copies (logits, softmax, their gradient);
-* the validation set, kept on the device: eval_batches x batch x context x 2 int32;
-* the BPE trainer's working set when a tokenizer is trained (dataset configs): ~4 KiB per
-  vocabulary entry (merges, pair counts), a guard against typos like vocab_size=1e9.
+* params_and_optimizer: float32 params, gradients and AdamW's two moments, 16 P; 4 P more for the
+  gradient accumulator when grad_accum_steps > 1; 2 P more in bfloat16 (the weights' bf16 copies).
+  The eval step holds 12 P (no gradients or accumulator).
+* activations kept for the backward pass: 4 L b T (14 d + a d_ff + 1.25 H T), i.e. per layer and
+  token about fourteen float32 values per model dimension (residuals, norms, q/k/v before and after
+  RoPE, attention output, projections), a = 4 per FFN dimension for SwiGLU (w1, w3, SiLU, product;
+  a = 2.5 for the SiLU ablation, which has no w3), and a T-long row of float32 scores and a quarter
+  per head (the blockwise scores of forward and backward). bfloat16 counts the same: XLA:CPU
+  computes bf16 element-wise work in float32, so its activations take no less memory there; a GPU
+  keeps them in bf16 and runs cuDNN attention without T x T scores, so there the estimate should
+  err high. The eval step keeps no activations across layers: one layer's 4 B T (d + d_ff + H T).
+* logits: 2.5 float32 copies of b x T x V in the train step (the logits, their gradient, the
+  softmax's working buffers), one copy of B x T x V in the eval step.
+* eval_batches: the validation set, kept on the device: eval_batches x batch x context x 2 int32.
+* tokenizer: the BPE trainer's host memory when a tokenizer is trained (dataset configs), before
+  any array exists, so it is not part of `total`: ~4 KiB per vocabulary entry, a guard against
+  typos like vocab_size=1e9 rather than a measurement (the trainer's memory follows the corpus).
 
 The device limit is the accelerator's `bytes_limit` where JAX reports one; on the CPU backend the
 device memory is host memory, so the limit is the host's total RAM.
@@ -24,20 +40,42 @@ from jaxlm.errors import ConfigError
 from jaxlm.train.flops import param_counts
 
 TOKENIZER_BYTES_PER_VOCAB = 4096
+FLOAT = 4  # bytes: activations, logits and optimizer state are counted as float32
+# Train-step activations per layer and token: coefficients of d_model, d_ff (by FFN) and H x T (see above).
+ACT_PER_D, ACT_PER_SCORE = 14, 1.25
+ACT_PER_FF = {"swiglu": 4, "silu": 2.5}
+TRAIN_LOGIT_COPIES = 2.5
+DEVICE_PARTS = ("params_and_optimizer", "activations", "logits", "eval_batches")
+
+
+def _train_step(c: Config, params: int) -> dict[str, int]:
+    b, t = c.batch_size // max(c.grad_accum_steps, 1), c.context_length
+    state = 16 + (4 if c.grad_accum_steps > 1 else 0) + (2 if c.dtype == "bfloat16" else 0)
+    per_token = ACT_PER_D * c.d_model + ACT_PER_FF[c.ffn] * c.ffn_dim + ACT_PER_SCORE * c.num_heads * t
+    return {
+        "params_and_optimizer": state * params,
+        "activations": int(c.num_layers * b * t * per_token * FLOAT),
+        "logits": int(TRAIN_LOGIT_COPIES * b * t * c.vocab_size * FLOAT),
+    }
+
+
+def _eval_step(c: Config, params: int) -> dict[str, int]:
+    b, t = c.batch_size, c.context_length
+    return {
+        "params_and_optimizer": (12 + (2 if c.dtype == "bfloat16" else 0)) * params,
+        "activations": b * t * (c.d_model + c.ffn_dim + c.num_heads * t) * FLOAT,
+        "logits": b * t * c.vocab_size * FLOAT,
+    }
 
 
 def estimate(c: Config) -> dict[str, int]:
-    """Bytes by part ({"params_and_optimizer", "activations", "logits", "eval_batches", "tokenizer", "total"})."""
-    value = 2 if c.dtype == "bfloat16" else 4
-    b, t, d = c.batch_size // max(c.grad_accum_steps, 1), c.context_length, c.d_model
-    parts = {
-        "params_and_optimizer": 4 * param_counts(c)["total"] * 4,
-        "activations": c.num_layers * (16 * b * t * d + 2 * b * c.num_heads * t * t) * value,
-        "logits": 3 * b * t * c.vocab_size * 4,
-        "eval_batches": c.eval_batches * c.batch_size * t * 2 * 4,
-        "tokenizer": c.vocab_size * TOKENIZER_BYTES_PER_VOCAB if c.train_data_path is None else 0,
-    }
-    parts["total"] = sum(parts.values())
+    """Bytes by part ({"params_and_optimizer", "activations", "logits", "eval_batches", "tokenizer", "total"}):
+    the parts of whichever step needs more; `total` is one device's peak (the tokenizer is not in it)."""
+    params = param_counts(c)["total"]
+    parts = max(_train_step(c, params), _eval_step(c, params), key=lambda p: sum(p.values()))
+    parts["eval_batches"] = c.eval_batches * c.batch_size * c.context_length * 2 * 4
+    parts["tokenizer"] = c.vocab_size * TOKENIZER_BYTES_PER_VOCAB if c.train_data_path is None else 0
+    parts["total"] = sum(parts[k] for k in DEVICE_PARTS)
     return parts
 
 
@@ -69,8 +107,11 @@ def gib(n: float) -> str:
 def describe(c: Config) -> str:
     """One line for --dry-run: the estimate by part."""
     parts = estimate(c)
-    detail = ", ".join(f"{k.replace('_', ' ')} {gib(v)}" for k, v in parts.items() if k != "total" and v)
-    return f"memory estimate: {gib(parts['total'])} ({detail})"
+    detail = ", ".join(f"{k.replace('_', ' ')} {gib(parts[k])}" for k in DEVICE_PARTS if parts[k])
+    line = f"memory estimate: {gib(parts['total'])} on one device ({detail})"
+    if parts["tokenizer"]:
+        line += f"; tokenizer trainer {gib(parts['tokenizer'])} of host memory, before training"
+    return line
 
 
 def check_fits(c: Config, devices: int = 1) -> None:
