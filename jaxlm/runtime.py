@@ -63,21 +63,28 @@ def reexec_with_host_tuning() -> None:
 
 
 def enable_compilation_cache() -> str | None:
-    """Point JAX's persistent compilation cache at jaxlm's cache directory; returns the directory in use."""
-    import jax
+    """Point JAX's persistent compilation cache at jaxlm's cache directory; returns the directory in use.
 
+    Before JAX is imported this only sets JAX's own environment variables (read when it is imported),
+    so a command that refuses its input at once (a run directory in use, a bad config) does so without
+    paying for the JAX import; after it, JAX's config is updated."""
     if os.environ.get("JAXLM_COMPILATION_CACHE", "1") == "0":
         return None
-    current = jax.config.jax_compilation_cache_dir
+    jax = sys.modules.get("jax")
+    current = jax.config.jax_compilation_cache_dir if jax else os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if current:
         return current
     from jaxlm.data.sources import cache_root
 
     path = str(cache_root() / "xla")
-    jax.config.update("jax_compilation_cache_dir", path)
     # Cache every executable: on the CPU the steps of small models compile in about a second, under
     # JAX's default 1 s threshold, and all of that is start-up time a re-run can skip.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    if jax is None:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    else:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     return path
 
 

@@ -97,3 +97,11 @@ def test_compilation_cache_goes_to_jaxlm_cache_dir_unless_jax_has_one(tmp_path):
     assert run(JAXLM_CACHE_DIR=str(tmp_path)) == str(tmp_path / "xla")
     assert run(JAXLM_CACHE_DIR=str(tmp_path), JAX_COMPILATION_CACHE_DIR="/somewhere/else") == "/somewhere/else"
     assert run(JAXLM_CACHE_DIR=str(tmp_path), JAXLM_COMPILATION_CACHE="0") == "None"
+    # set before JAX is imported (so a command refused at once never imports it), JAX reads it then
+    code = "from jaxlm.runtime import enable_compilation_cache as e; import sys; print(e(), 'jax' in sys.modules)"
+    code += "; import jax; print(jax.config.jax_compilation_cache_dir)"
+    code += "; print(jax.config.jax_persistent_cache_min_compile_time_secs)"
+    assert run(JAXLM_CACHE_DIR=str(tmp_path)).split("\n") == [f"{tmp_path / 'xla'} False", str(tmp_path / "xla"), "0.0"]
+    code = "import jax; from jaxlm.runtime import enable_compilation_cache as e; e()"
+    code += "; print(jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)"
+    assert run(JAXLM_CACHE_DIR=str(tmp_path)) == f"{tmp_path / 'xla'} 0"  # JAX imported first

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -77,11 +78,16 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> bool:
     return True
 
 
+def _jax_if_imported():
+    """JAX if this process imported it. A multi-process run has (initialize_from_env); without it the
+    process is alone, which a command that refuses its input at once can learn without the import."""
+    return sys.modules.get("jax")
+
+
 def is_primary() -> bool:
     """True on the process that writes the run directory (process 0, or the only one)."""
-    import jax
-
-    return jax.process_index() == 0
+    jax = _jax_if_imported()
+    return jax is None or jax.process_index() == 0
 
 
 ERROR_BYTES = 1024  # the longest error message one process hands the others at start-up
@@ -95,9 +101,8 @@ def raise_if_any_failed(
     collective would leave the others waiting in it until a timeout). Raises `error` on the process
     that had it and `others(message)` naming the first failed process on the others; single-process
     runs just raise `error`."""
-    import jax
-
-    if jax.process_count() > 1:
+    jax = _jax_if_imported()
+    if jax is not None and jax.process_count() > 1:
         import numpy as np
         from jax.experimental import multihost_utils
 
