@@ -324,9 +324,10 @@ def report(result, name: str, run_dir: Path) -> None:
         f"{s['wallclock_s']:.1f}s training + {s['compile_s']:.1f}s compile"
     )
     if s["status"] == "diverged":
+        best = s.get("best_checkpoint_step")
+        kept = f"best checkpoint: step {best}" if best is not None else "no earlier checkpoint was saved"
         print(
-            f"diverged at step {s['diverged_step']}: {s['divergence_reason']} (no checkpoint of it was written; "
-            f"best checkpoint: step {s.get('best_checkpoint_step')})"
+            f"diverged at step {s['diverged_step']}: {s['divergence_reason']} (no checkpoint of it was written; {kept})"
         )
     if s["status"] == "interrupted":
         print(
