@@ -30,8 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
-from jaxlm.tracking import runlock
+from jaxlm.tracking import runlock, sweep_report
 from jaxlm.tracking.fmt import write_json, write_text
+from jaxlm.tracking.outputs import OutputError
 from jaxlm.tracking.runs import saved_checkpoint_steps
 from jaxlm.train.grid import GridPoint, expand, find_points, parse_grid
 
@@ -152,6 +153,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the base config's total tokens",
     )
     p.add_argument("--retry-failed", action="store_true", help="start failed points again (launch --overwrite)")
+    p.add_argument(
+        "--force", action="store_true", help="replace report files (<prefix>_sweep.md/.png) this sweep did not write"
+    )
     p.add_argument("--dry-run", action="store_true", help="print what each point would do, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars from the runs")
     p.add_argument(
@@ -211,11 +215,10 @@ def submit_to_slurm(args: argparse.Namespace, points: list[GridPoint], prefix: s
 
 def report_only(args: argparse.Namespace, command: str) -> int:
     """`--report PREFIX`: the figures and the table again, from the run directories alone."""
-    from jaxlm.tracking import sweep_report
-
     try:
         points = find_points(args.output_dir, args.report)
-    except UserError as e:
+        sweep_report.check_report_outputs(args.output_dir, args.report, args.force)
+    except (UserError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     config_file = json.loads((args.output_dir / points[0].name / "config.json").read_text()).get("config_file")
@@ -239,12 +242,13 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
         if not args.grid:
             raise UserError("--grid: give at least one, e.g. --grid learning_rate=1e-3,3e-3")
         points = expand(args.config, parse_grid(args.grid), args.overrides, prefix, args.constant_tokens)
+        sweep_report.check_report_outputs(args.output_dir, prefix, args.force)
         if not args.dry_run:
             from jaxlm.data.sources import check_sources
 
             for point in points:
                 check_sources(point.config)
-    except UserError as e:
+    except (UserError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.dry_run:
@@ -258,7 +262,6 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
                 print("  " + shlex.join(command))
         return EXIT_OK
 
-    from jaxlm.tracking import sweep_report
     from jaxlm.tracking.explog import default_log_path
 
     if args.slurm:

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO_ROOT, TINY_MODEL, shared_token_cache
-from jaxlm import compare, export, generate, launch
+from jaxlm import compare, export, generate, launch, sweep
 from jaxlm.data import __main__ as data_cli
 from jaxlm.errors import EXIT_ABORTED, EXIT_OK, EXIT_USAGE
 from jaxlm.tracking import runlock
@@ -33,6 +33,7 @@ from jaxlm.tracking import runlock
 RUN = {**TINY_MODEL, "max_iterations": 10, "cosine_cycle_iters": 10, "eval_interval": 5, "checkpoint_interval": 5}
 COMMANDS = {"launch": launch.main, "export": export.main, "compare": compare.main, "generate": generate.main}
 COMMANDS["data"] = data_cli.main
+COMMANDS["sweep"] = sweep.main
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +235,24 @@ CASES = {
     "memory-batch-huge": Case("launch", lambda w, f: new_run(w, {**RUN, "batch_size": 1_000_000}), ("needs about",)),
     "memory-vocab-1e9-tokenizer": Case(
         "launch", lambda w, f: new_run(w, {**RUN, "vocab_size": 1_000_000_000}), ("needs about",)
+    ),
+    "sweep-report-not-ours": Case(
+        "sweep",
+        lambda w, f: (
+            mine(w / "runs" / "p_sweep.md"),
+            [
+                "--config",
+                config_file(w, RUN),
+                "--grid",
+                "learning_rate=1e-3,2e-3",
+                "--name-prefix",
+                "p",
+                "--output-dir",
+                str(w / "runs"),
+                "--quiet",
+            ],
+        )[-1],  # fmt: skip
+        ("not this sweep's report", "--force"),
     ),
     "resume-corrupt-config": Case(
         "launch",

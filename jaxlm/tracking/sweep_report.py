@@ -15,6 +15,7 @@ from pathlib import Path
 from jaxlm.tracking.evals import full_val_loss
 from jaxlm.tracking.explog import append_entry
 from jaxlm.tracking.fmt import markdown_table, number, write_text
+from jaxlm.tracking.outputs import OutputError
 from jaxlm.tracking.runs import RunRecord, config_cell, differing_config_keys, is_run_dir, load_run
 from jaxlm.tracking.sweep_plots import PointCurves, ValuePoint, numeric, plot_by_value, plot_heatmap, plot_sweep_curves
 
@@ -150,6 +151,29 @@ def write_figures(points: Sequence, runs: dict[str, RunRecord | None], output_di
         plot_heatmap((keys[0], keys[1]), axes[0], axes[1], cells, by_value, f"sweep {prefix}: best validation loss")
         return [png, by_value]
     return [png]
+
+
+def report_paths(output_dir: Path, prefix: str) -> list[Path]:
+    """The files a sweep's report writes: `<prefix>_sweep.md`, `_sweep.png`, `_by_value.png`."""
+    return [Path(output_dir) / f"{prefix}{suffix}" for suffix in ("_sweep.md", "_sweep.png", "_by_value.png")]
+
+
+def check_report_outputs(output_dir: Path, prefix: str, force: bool = False) -> None:
+    """OutputError unless the report may be written: its files are new, or they are this sweep's own
+    earlier report (its `.md` starts with the heading a report writes), or `force`."""
+    markdown, *figures = report_paths(output_dir, prefix)
+    try:
+        ours = markdown.read_text(encoding="utf-8", errors="replace").startswith(f"# Sweep `{prefix}`:")
+    except OSError:
+        ours = False
+    for path in (markdown, *figures):
+        if path.is_dir():
+            raise OutputError(f"sweep report '{path}': is a directory")
+        if path.exists() and not ours and not force:
+            raise OutputError(
+                f"sweep report '{path}': already exists and is not this sweep's report; move it, choose another "
+                f"--name-prefix, or pass --force to replace it"
+            )
 
 
 def write_report(
