@@ -261,8 +261,9 @@ def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: P
 
     if not is_primary():
         return NullTracker(name, run_dir)
-    if args.resume is not None:
-        record_killed(run_dir)  # a run killed before it could write its own log entry: written now, once
+    # runs killed before they could write their own log entry get it now, once: the one this command
+    # owns (a --resume or --overwrite of it), and the others beside it
+    record_killed(run_dir)
     record_killed_runs(run_dir.parent)
     log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(run_dir.parent))
     tracking = {"experiment_log": log_path, "overrides": args.overrides}
