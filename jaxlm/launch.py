@@ -235,9 +235,12 @@ def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):
 
         step = check_resumable(run_dir, which, config)
         if step >= config.max_iterations:
+            unfinished = read_summary(run_dir).get("status") not in ("completed", "diverged")
+            why = " (the run was stopped after its last checkpoint, while finishing its records)" if unfinished else ""
             raise UserError(
                 f"--resume '{run_dir}': checkpoint step {step} is already at max_iterations="
-                f"{config.max_iterations}; continue further with --set max_iterations=N"
+                f"{config.max_iterations}{why}; continue further with --set max_iterations=N, or evaluate it "
+                f"with python -m jaxlm.evaluate --run {run_dir}"
             )
     sharding.check_mesh(config)
     import jax

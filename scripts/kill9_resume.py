@@ -110,7 +110,7 @@ def main() -> int:
         f"{'equals' if losses(work / 'warm') == reference else 'DIFFERS from'} the reference"
     )
     rng = random.Random(a.seed)
-    tally = {"equal": 0, "differs": 0, "restarted": 0, "unexplained": 0, "tmp_left": 0, "in_save": 0}
+    tally = {"equal": 0, "differs": 0, "restarted": 0, "refused": 0, "unexplained": 0, "tmp_left": 0, "in_save": 0}
     for i in range(a.kills):
         name = f"k{i:02d}"
         run = work / name
@@ -150,7 +150,7 @@ def main() -> int:
             elif resume.returncode == 0:
                 how += f"; resumed from step {json.loads((run / 'summary.json').read_text())['resumed_from_step']}"
             if resume.returncode != 0:
-                tally["unexplained"] += 0 if said.startswith("error:") else 1
+                tally["refused" if said.startswith("error:") else "unexplained"] += 1
                 print(f"[{i + 1:2d}] {how}; exit {resume.returncode}: {said}")
                 continue
         elif not run.is_dir():
@@ -165,7 +165,8 @@ def main() -> int:
     print(
         f"summary: {a.kills} kills ({tally['in_save']} while a checkpoint save was in flight); "
         f"{tally['equal']} completed runs equal the reference, {tally['differs']} differ; "
-        f"{tally['restarted']} had no checkpoint and were restarted (said so); {tally['unexplained']} failed without "
+        f"{tally['restarted']} had no checkpoint and were restarted (said so); {tally['refused']} resumes were "
+        f"refused with a one-line reason; {tally['unexplained']} failed without "
         f"a one-line reason; {tally['tmp_left']} temporary checkpoint folders left after resume; work: {work}"
     )
     return 0 if tally["differs"] == tally["unexplained"] == tally["tmp_left"] == 0 else 1
