@@ -38,7 +38,10 @@ def _read(path: Path) -> dict[str, Any]:
 
 def unlogged_kill(summary: dict[str, Any]) -> bool:
     """A summary left `running` by a run that has no log entry for it yet, and had a log to write to."""
-    return summary.get("status") == "running" and not summary.get(LOGGED) and bool(summary.get("experiment_log"))
+    log_path = summary.get("experiment_log")
+    return (
+        summary.get("status") == "running" and not summary.get(LOGGED) and isinstance(log_path, str) and log_path != ""
+    )
 
 
 def record_killed(run_dir: str | Path) -> bool:
@@ -50,13 +53,13 @@ def record_killed(run_dir: str | Path) -> bool:
     stored = _read(run_dir / "config.json")
     config = {k: v for k, v in stored.items() if k not in META_KEYS}
     saved = saved_checkpoint_steps(run_dir)
-    shown = {**summary, **summary_from_rows(read_rows(run_dir)), "status": runlock.KILLED}
-    shown["error"] = f"killed at step {shown.get('steps') or 0} (no stop signal handled); " + (
-        f"resume from step {saved[-1]} with --resume {run_dir}" if saved else "no checkpoint was saved"
-    )
     log_path = Path(summary["experiment_log"])
     launched = (stored.get("config_file"), stored.get("overrides") or ())
     try:
+        shown = {**summary, **summary_from_rows(read_rows(run_dir)), "status": runlock.KILLED}
+        shown["error"] = f"killed at step {shown.get('steps') or 0} (no stop signal handled); " + (
+            f"resume from step {saved[-1]} with --resume {run_dir}" if saved else "no checkpoint was saved"
+        )
         explog.append_entry(log_path, explog.format_entry(shown, config, run_dir, log_path, *launched))
         write_json(run_dir / SUMMARY, {**summary, LOGGED: True})
     except OSError as e:  # a record a later command can still write; never the reason a command fails
