@@ -28,7 +28,7 @@ from jaxlm.rundir import (
 )
 from jaxlm.runtime import describe_process, exit_on_signal, run_command
 from jaxlm.tracking.fmt import number
-from jaxlm.tracking.runs import saved_checkpoint_steps
+from jaxlm.tracking.runs import read_summary, saved_checkpoint_steps
 from jaxlm.train import memory
 from jaxlm.train.flops import flops_per_token, param_counts
 
@@ -109,15 +109,6 @@ def resume_if_exists(args: argparse.Namespace) -> int | None:
         return None
     args.resume, args.config, args.name = str(run_dir), None, None
     return None
-
-
-def read_summary(run_dir: Path) -> dict:
-    """summary.json, or {} when it is missing or unreadable (a run killed before writing it)."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:

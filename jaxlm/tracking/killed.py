@@ -13,7 +13,6 @@ resume's reopened summary drops the mark).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,19 +20,11 @@ from typing import Any
 from jaxlm.tracking import explog, runlock
 from jaxlm.tracking.fmt import write_json
 from jaxlm.tracking.records import META_KEYS, summary_from_rows
-from jaxlm.tracking.runs import read_rows, saved_checkpoint_steps
+from jaxlm.tracking.runs import read_json_object, read_rows, read_summary, saved_checkpoint_steps
 
 log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 LOGGED = "killed_logged"  # summary.json key: this kill has its log entry
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def unlogged_kill(summary: dict[str, Any]) -> bool:
@@ -47,10 +38,10 @@ def unlogged_kill(summary: dict[str, Any]) -> bool:
 def record_killed(run_dir: str | Path) -> bool:
     """Write the log entry of a killed run whose lock the caller holds; True if one was written."""
     run_dir = Path(run_dir)
-    summary = _read(run_dir / SUMMARY)
+    summary = read_summary(run_dir)
     if not unlogged_kill(summary):
         return False
-    stored = _read(run_dir / "config.json")
+    stored = read_json_object(run_dir / "config.json")
     config = {k: v for k, v in stored.items() if k not in META_KEYS}
     saved = saved_checkpoint_steps(run_dir)
     log_path = Path(summary["experiment_log"])
@@ -76,7 +67,7 @@ def record_killed_runs(folder: str | Path) -> list[Path]:
         return []
     logged = []
     for run_dir in candidates:
-        if not unlogged_kill(_read(run_dir / SUMMARY)) or runlock.holder(run_dir) is not None:
+        if not unlogged_kill(read_summary(run_dir)) or runlock.holder(run_dir) is not None:
             continue
         try:
             lock = runlock.acquire(run_dir)

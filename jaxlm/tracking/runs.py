@@ -31,12 +31,19 @@ def is_run_dir(path: str | Path) -> bool:
     return path.is_dir() and any((path / m).is_file() for m in RUN_MARKERS)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file's contents; {} when it is missing, unreadable or not an object (a run killed
+    before writing it, or mid-write)."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """A run's summary.json, or {} (see read_json_object)."""
+    return read_json_object(Path(run_dir) / "summary.json")
 
 
 def saved_checkpoint_steps(run_dir: str | Path) -> list[int]:
@@ -129,7 +136,7 @@ def load_run(path: str | Path) -> RunRecord:
     path = Path(path)
     if not is_run_dir(path):
         raise NotARunError(f"'{path}' is not a run directory (no metrics.jsonl or metrics.csv)")
-    return RunRecord(path, read_rows(path), _read_json(path / "config.json"), _read_json(path / "summary.json"))
+    return RunRecord(path, read_rows(path), read_json_object(path / "config.json"), read_summary(path))
 
 
 IGNORED_CONFIG_KEYS = frozenset(META_KEYS) | {"description"}  # say where and when, not what was run
