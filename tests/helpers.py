@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,18 @@ from jaxlm.config import build_config
 from jaxlm.tracking.protocol import NullTracker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The model and batch shape of the multi-device and multi-process tests: 2 heads and 8 rows divide over
+# 2 or 4 devices, FSDP and 2 micro-batches.
+MULTI_DEVICE_SHAPE = {
+    "vocab_size": 300,
+    "d_model": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "d_ff": 64,
+    "context_length": 32,
+    "batch_size": 8,
+}
 
 TINY_MODEL = {
     "vocab_size": 300,
@@ -28,6 +42,23 @@ TINY_MODEL = {
     "eval_batches": 2,
     "sample_tokens": 8,
 }
+
+
+TIMING_COLUMNS = ("wallclock_s", "tokens_per_sec", "mfu")  # differ between runs that must otherwise be equal
+
+
+def metric_rows(run_dir: Path, after: int = -1) -> list[dict]:
+    """metrics.csv rows (as raw strings) with step > after, timing columns removed: two runs that trained
+    the same steps give equal lists, every loss string identical."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [
+            {k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(f) if int(r["step"]) > after
+        ]
+
+
+def run_summary(run_dir: Path) -> dict:
+    """summary.json (raises when it is missing: a test expects the run to have written it)."""
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 class RecordingTracker(NullTracker):

@@ -9,7 +9,6 @@ runs as one job array and reports what a local sweep reports. Skipped when no cl
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -22,20 +21,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import shared_token_cache
+from helpers import MULTI_DEVICE_SHAPE, shared_token_cache
+from helpers import metric_rows as rows
+from helpers import run_summary as summary
+from jaxlm.tracking.runs import saved_checkpoint_steps as checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "launch" / "local_slurm.sh"
 RECIPE = ROOT / "launch" / "slurm_cpu.sbatch"
 LONG = 60
 TINY = {
-    "vocab_size": 300,
-    "d_model": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "d_ff": 64,
-    "context_length": 32,
-    "batch_size": 8,
+    **MULTI_DEVICE_SHAPE,
     "max_iterations": LONG,
     "warmup_iters": 2,
     "learning_rate": 3e-3,
@@ -46,7 +42,6 @@ TINY = {
     "sample_tokens": 0,
     "checkpoint_interval": 1000,
 }
-TIMING_COLUMNS = ("wallclock_s", "tokens_per_sec", "mfu")
 
 
 def cluster_env() -> dict[str, str] | None:
@@ -137,19 +132,6 @@ def wait_for_step(run_dir: Path, step: int, log: Path, timeout: float = 300) -> 
             return
         time.sleep(0.05)
     raise AssertionError(f"no step {step} within {timeout}s: {log.read_text() if log.exists() else ''}")
-
-
-def rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(f)]
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def checkpoints(run_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 @pytest.fixture(scope="module")

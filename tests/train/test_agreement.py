@@ -6,7 +6,6 @@ collectives; with it both processes end at one step, with one checkpoint, and re
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -18,21 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from helpers import shared_token_cache
+from helpers import MULTI_DEVICE_SHAPE, shared_token_cache
+from helpers import metric_rows as rows
+from helpers import run_summary as summary
 from jaxlm.errors import EXIT_INTERRUPTED, EXIT_OK
+from jaxlm.tracking.runs import saved_checkpoint_steps as checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "local_multiprocess.sh"
 WORKER = Path(__file__).with_name("agree_worker.py")
 LONG = 100
 TINY = {
-    "vocab_size": 300,
-    "d_model": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "d_ff": 64,
-    "context_length": 32,
-    "batch_size": 8,
+    **MULTI_DEVICE_SHAPE,
     "max_iterations": LONG,
     "warmup_iters": 2,
     "learning_rate": 3e-3,
@@ -44,7 +40,6 @@ TINY = {
     "mesh_fsdp": 2,
     "checkpoint_interval": 1000,
 }
-TIMING_COLUMNS = ("wallclock_s", "tokens_per_sec", "mfu")
 ENDED = re.compile(r"agree-worker: process (\d) of 2 ended at step (\d+) of (\d+), exit (\d+)")
 
 
@@ -106,21 +101,6 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: flo
             return
         time.sleep(0.02)
     raise AssertionError(f"no step {step} within {timeout}s")
-
-
-def rows(run_dir: Path, after: int = -1) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [
-            {k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(f) if int(r["step"]) > after
-        ]
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def checkpoints(run_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import MULTI_DEVICE_SHAPE
 from jaxlm.errors import UserError
 from jaxlm.tracking.protocol import NullTracker
 from jaxlm.train.distributed import launch_mode
@@ -26,13 +27,7 @@ from jaxlm.train.distributed import launch_mode
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "local_multiprocess.sh"
 TINY = {
-    "vocab_size": 300,
-    "d_model": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "d_ff": 64,
-    "context_length": 32,
-    "batch_size": 8,
+    **MULTI_DEVICE_SHAPE,
     "max_iterations": 20,
     "warmup_iters": 2,
     "learning_rate": 3e-3,

@@ -11,20 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers import RecordingTracker, shared_token_cache
+from helpers import MULTI_DEVICE_SHAPE, RecordingTracker, shared_token_cache
 from jaxlm.config import build_config
 from jaxlm.model.transformer import build_model, cross_entropy
 from jaxlm.tracking.records import mfu
 from jaxlm.train.hardware import device_peak, peak_flops
 
 TINY = {
-    "vocab_size": 300,
-    "d_model": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "d_ff": 64,
-    "context_length": 32,
-    "batch_size": 8,
+    **MULTI_DEVICE_SHAPE,
     "max_iterations": 50,
     "warmup_iters": 5,
     "learning_rate": 1e-2,

@@ -24,12 +24,13 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from helpers import metric_rows as rows
+from helpers import run_summary as summary
 from jaxlm import launch
 from jaxlm.data.tokens import meta_path
 from jaxlm.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
 from jaxlm.train.checkpoint import RunCheckpoints, load
 
-TIMING_COLUMNS = ("wallclock_s", "tokens_per_sec", "mfu")
 LONG = 400  # steps of the runs that get signalled
 
 
@@ -102,18 +103,6 @@ def train(config_file: Path, out: Path, name: str, *sets: str) -> int:
 
 def resume(run_dir: Path, *args: str) -> int:
     return launch.main(["--resume", str(run_dir), "--quiet", *args])
-
-
-def rows(run_dir: Path, after: int = -1) -> list[dict]:
-    """metrics.csv rows (as raw strings) with step > after, timing columns removed."""
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [
-            {k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(f) if int(r["step"]) > after
-        ]
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 def test_resume_continues_bit_for_bit(config_file, tmp_path):

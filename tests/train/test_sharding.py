@@ -17,20 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import RecordingTracker, shared_token_cache
+from helpers import MULTI_DEVICE_SHAPE, RecordingTracker, shared_token_cache
 from jaxlm.config import build_config
 from jaxlm.errors import ConfigError
 from jaxlm.train.sharding import fsdp_spec, mesh_shape
 
 WORKER = Path(__file__).with_name("scale_worker.py")
 TINY = {
-    "vocab_size": 300,
-    "d_model": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "d_ff": 64,
-    "context_length": 32,
-    "batch_size": 8,
+    **MULTI_DEVICE_SHAPE,
     "max_iterations": 20,
     "warmup_iters": 2,
     "learning_rate": 3e-3,
