@@ -138,9 +138,10 @@ class Config:
     """Ablation: reuse the token embedding as the LM head."""
 
     # --- kernels ---
-    attention: Literal["auto", "jaxlm"] = "auto"
-    """`"auto"`: cuDNN flash attention for bf16/fp16 on NVIDIA GPUs, jaxlm's kernel elsewhere; `"jaxlm"`: always
-    jaxlm's kernel."""
+    attention: Literal["auto", "cudnn", "jaxlm"] = "auto"
+    """`"auto"`: cuDNN flash attention for bf16/fp16 on NVIDIA GPUs, jaxlm's kernel elsewhere or when cuDNN fails
+    to compile the train step (logged, and recorded in summary.json as `attention_kernel` and
+    `attention_reason`); `"cudnn"`: cuDNN or a one-line error; `"jaxlm"`: always jaxlm's kernel."""
 
     # --- scale-out (jaxlm/train/sharding.py): device mesh and micro-batching ---
     mesh_data: int = -1

@@ -138,6 +138,14 @@ def describe(config: Config, name: str) -> str:
     return "\n".join(lines)
 
 
+def describe_devices(config: Config) -> str:
+    """The devices the run will use and who chose them; ConfigError (exit 2) when the config names a
+    platform JAX does not have here."""
+    from jaxlm.train.devices import describe_choice, run_devices
+
+    return describe_choice(config, run_devices(config))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -147,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             return done
         config, name = resolve(args)
         if args.dry_run:
+            devices = describe_devices(config)  # a device the config names and JAX lacks: exit 2 here too
             print(describe(config, name))
+            print(devices)
             print(describe_process())
             return EXIT_OK
         run_dir, claim = start_together(args, config, name)
@@ -234,6 +244,8 @@ def build_trainer(args: argparse.Namespace, config: Config, run_dir: Path):
                 f"with python -m jaxlm.evaluate --run {run_dir}"
             )
     sharding.check_mesh(config)
+    if distributed.is_primary():
+        print(describe_devices(config), flush=True)
     import jax
 
     from jaxlm.train.memory import check_fits

@@ -19,11 +19,12 @@ choices make it cheaper than differentiating plain `softmax(q k^T) v`
 
 Scores, softmax and log-sum-exp are float32 whatever the compute dtype.
 
-On an NVIDIA GPU in bfloat16/float16, `self_attention` uses cuDNN's flash
-attention through `jax.nn.dot_product_attention` instead. Where cuDNN cannot take
-the shape or dtype, it falls back to the kernel here. The config key
-`attention: "jaxlm"` forces the kernel here everywhere (it is recorded with the run,
-since it changes the compiled program).
+On an NVIDIA GPU in bfloat16/float16, `self_attention` can use cuDNN's flash attention
+through `jax.nn.dot_product_attention` instead. The config key `attention` says which:
+"auto" (cuDNN where it applies), "cudnn" or "jaxlm" (the kernel here everywhere). A
+training run chooses once, when its train step is compiled, and falls back to the
+kernel here when cuDNN fails to trace or compile (`jaxlm.train.kernels`); the
+model is then built with the kernel that compiled, so nothing re-decides mid-run.
 
 `causal_attention` is the general masked form, with explicit positions; the KV
 cache of `jaxlm.generate` uses it.
@@ -41,23 +42,35 @@ import jax.numpy as jnp
 log = logging.getLogger(__name__)
 
 
-def attention_implementation(dtype, choice: str = "auto") -> str:
-    """ "cudnn" where self-attention in `dtype` goes to cuDNN flash attention, else "jaxlm".
-    `choice` is the config's `attention`: "auto" (cuDNN where it applies) or "jaxlm"."""
-    if choice == "jaxlm":
-        return "jaxlm"
+def cudnn_applies(dtype, platform: str) -> bool:
+    """cuDNN flash attention is offered for half-precision attention on an NVIDIA GPU."""
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if half and jax.default_backend() == "gpu" else "jaxlm"
+    return half and platform == "gpu"
+
+
+def attention_implementation(dtype, choice: str = "auto", platform: str | None = None) -> str:
+    """ "cudnn" or "jaxlm": the kernel `choice` (the config's `attention`) means for attention in
+    `dtype` on `platform` (default: JAX's default backend)."""
+    if choice in ("cudnn", "jaxlm"):
+        return choice
+    return "cudnn" if cudnn_applies(dtype, platform or jax.default_backend()) else "jaxlm"
+
+
+def cudnn_attention(q_BxTxHxD: jax.Array, k_BxTxHxD: jax.Array, v_BxTxHxD: jax.Array) -> jax.Array:
+    return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, is_causal=True, implementation="cudnn")
 
 
 def self_attention(
     q_BxTxHxD: jax.Array, k_BxTxHxD: jax.Array, v_BxTxHxD: jax.Array, implementation: str = "auto"
 ) -> jax.Array:
-    """Causal attention of a whole sequence over itself (training and evaluation); `implementation`
-    is the config's `attention` key."""
+    """Causal attention of a whole sequence over itself (training and evaluation). `implementation`
+    "cudnn" (the kernel a training run chose) lets cuDNN's failures through to the caller that chose
+    it; "auto" (a model built outside a training run) falls back here when cuDNN fails to trace."""
     if attention_implementation(q_BxTxHxD.dtype, implementation) == "cudnn":
+        if implementation == "cudnn":
+            return cudnn_attention(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD)
         try:
-            return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, is_causal=True, implementation="cudnn")
+            return cudnn_attention(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD)
         except Exception as e:  # unsupported shape, dtype or cuDNN version: same maths, XLA kernels
             log.warning("cuDNN attention unavailable (%s); using jaxlm's attention", e)
     heads_first = lambda x: x.transpose(0, 2, 1, 3)

@@ -33,6 +33,9 @@ FINAL_METRIC_TAGS = {
     "mean_tokens_per_sec": "final/tokens_per_sec",
 }
 
+# summary fields that say what the run ran on, shown beside the config keys in the HParams tab
+SUMMARY_HPARAMS = ("device_platform", "device_kind", "attention_kernel", "attention_reason")
+
 
 def _hparam_value(value: Any) -> bool | int | float | str:
     if isinstance(value, (bool, int, str)):
@@ -76,6 +79,7 @@ class TensorBoardLog:
                 self.writer.add_scalar(tag, value, step)
         hparam_dict = {k: _hparam_value(v) for k, v in config.items() if not isinstance(v, (dict, list))}
         hparam_dict["status"] = str(summary.get("status"))
+        hparam_dict.update({k: _hparam_value(summary[k]) for k in SUMMARY_HPARAMS if summary.get(k) is not None})
         _experiment, session_start, session_end = hparams(hparam_dict, metrics)
         # No per-run experiment summary: TensorBoard then builds one over all runs under --logdir.
         self.writer.file_writer.add_summary(session_start)

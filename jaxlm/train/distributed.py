@@ -74,8 +74,19 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> bool:
         )
     else:
         jax.distributed.initialize()
+    keep_cpu_collectives_out_of_the_cache(jax)
     log.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count())
     return True
+
+
+def keep_cpu_collectives_out_of_the_cache(jax) -> None:
+    """A multi-process run on the CPU compiles its steps afresh instead of loading them from the
+    persistent compilation cache. With jaxlib 0.12.1, executables whose Gloo collectives come from
+    the cache hang in their first collectives (docs/jax-versions.md has the reproduction;
+    0.10.2, 0.11.2 and 0.12.0.1 are not affected). CPU steps compile in seconds, so this costs
+    little; GPU and TPU runs keep the cache."""
+    if jax.process_count() > 1 and jax.devices()[0].platform == "cpu":
+        jax.config.update("jax_enable_compilation_cache", False)
 
 
 def _jax_if_imported():

@@ -23,9 +23,10 @@ from jaxlm.errors import UserError
 from jaxlm.rundir import RunDir
 from jaxlm.tracking.evals import data_name, eval_time
 from jaxlm.train.checkpoint import check_resumable, restore_params
+from jaxlm.train.devices import run_devices
 from jaxlm.train.distributed import primary_first
 from jaxlm.train.full_eval import evaluate_tokens
-from jaxlm.train.sharding import Layout, build_mesh, mesh_devices
+from jaxlm.train.sharding import Layout, build_mesh
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def plan_eval(
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be a positive integer")
     config = RunDir(run_dir).config()
-    devices = len(mesh_devices(config))
+    devices = len(run_devices(config))
     fsdp = config.mesh_fsdp if config.mesh_fsdp > 0 and devices % config.mesh_fsdp == 0 else 1
     config = dataclasses.replace(
         config,

@@ -26,22 +26,11 @@ from jax.sharding import PartitionSpec as P
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError
 from jaxlm.model.transformer import build_model
+from jaxlm.train.devices import run_devices
 from jaxlm.train.steps import make_loss_fn, train_step_fn
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both mesh axes
-
-
-def mesh_devices(c: Config) -> list[jax.Device]:
-    """All devices (of all processes) of the configured backend, or of JAX's default one."""
-    if c.device is None:
-        return jax.devices()
-    try:
-        return jax.devices(c.device)
-    except RuntimeError:
-        raise ConfigError(
-            f"config key 'device': no '{c.device}' backend here (available: {jax.default_backend()})"
-        ) from None
 
 
 def mesh_shape(c: Config, num_devices: int) -> tuple[int, int]:
@@ -67,7 +56,7 @@ def mesh_shape(c: Config, num_devices: int) -> tuple[int, int]:
 
 
 def build_mesh(c: Config) -> Mesh:
-    devices = mesh_devices(c)
+    devices = run_devices(c)
     shape = mesh_shape(c, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
@@ -128,9 +117,14 @@ class Layout:
         )
 
 
+def abstract_model(c: Config) -> tuple[nnx.GraphDef, Any]:
+    """(graphdef, abstract params) of the config's model, with no array allocated."""
+    return nnx.split(nnx.eval_shape(lambda: build_model(c)), nnx.Param)
+
+
 def init_state(c: Config, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[nnx.GraphDef, Any, Any, Layout]:
     """Model params and optimizer state created directly in their shards (no host copy of the whole model)."""
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: build_model(c)), nnx.Param)
+    graphdef, abstract_params = abstract_model(c)
     abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
     layout = Layout.for_mesh(mesh, abstract_params, abstract_opt_state)
     params = jax.jit(lambda: nnx.split(build_model(c), nnx.Param)[1], out_shardings=layout.params)()
@@ -180,4 +174,4 @@ def describe_mesh(mesh: Mesh) -> dict[str, Any]:
 
 def check_mesh(c: Config) -> tuple[int, int]:
     """Pre-flight: the mesh fits the devices and the batch (ConfigError otherwise), before anything is written."""
-    return mesh_shape(c, len(mesh_devices(c)))
+    return mesh_shape(c, len(run_devices(c)))

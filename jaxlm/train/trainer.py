@@ -24,11 +24,12 @@ from jaxlm.train.checkpoint import RunCheckpoints, identity
 from jaxlm.train.distributed import primary_first
 from jaxlm.train.full_eval import compile_nll_sum, evaluate_tokens
 from jaxlm.train.hardware import peak_flops_for
+from jaxlm.train.kernels import compile_with_attention
 from jaxlm.train.loop import TrainingLoop
 from jaxlm.train.meter import Meter
 from jaxlm.train.optim import build_optimizer, learning_rate_schedule
 from jaxlm.train.samples import generate_texts
-from jaxlm.train.sharding import build_mesh, compile_eval_step, compile_train_step, init_state
+from jaxlm.train.sharding import abstract_model, build_mesh, compile_eval_step, compile_train_step, init_state
 from jaxlm.train.stopping import DivergenceGuard
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,10 @@ class Trainer(TrainingLoop):
         self.rows = self.layout.local_rows(c.batch_size)  # this process's rows of every global batch
         self.val_set = [self.layout.put_batch(x[self.rows], y[self.rows], c.batch_size) for x, y in self.val_set]
         t0 = time.perf_counter()
-        self.train_step = compile_train_step(c, self.graphdef, tx, self.layout, self.params, self.opt_state)
+        # the attention kernel is chosen here, once: the model is rebuilt with the one that compiled
+        (self.graphdef, self.train_step), self.attention = compile_with_attention(
+            c, self.device.platform, lambda kernel_config: self._compile_train_step(kernel_config, tx)
+        )
         self.train_compile_s = time.perf_counter() - t0
         self.eval_step = compile_eval_step(c, self.graphdef, self.layout, self.params)
         self.compile_s = time.perf_counter() - t0
@@ -62,6 +66,10 @@ class Trainer(TrainingLoop):
         self.checkpoints: RunCheckpoints | None = None
         self.resumed: dict = {}  # meta of the restored checkpoint, when resuming
         log.info("compiled in %.1fs", self.compile_s)
+
+    def _compile_train_step(self, c: Config, tx):
+        graphdef = abstract_model(c)[0]
+        return graphdef, compile_train_step(c, graphdef, tx, self.layout, self.params, self.opt_state)
 
     def _open_data(self, c: Config) -> None:
         files = primary_first(lambda: prepare(c, progress=self.progress))  # one process fills a shared cache

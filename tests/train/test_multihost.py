@@ -178,3 +178,28 @@ def test_process_0_refused_the_run_directory_stops_every_process(tmp_path):
     assert errors[1][-1].startswith("error: process 0 cannot start the run: run directory"), errors
     assert all(len(e) == 1 for e in errors), errors
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"  # left as it was
+
+
+def test_two_process_cpu_runs_keep_out_of_the_compilation_cache(tmp_path):
+    """A 2-process CPU run compiles afresh rather than loading its collectives from the persistent
+    cache (with jaxlib 0.12.1 such executables hang in Gloo: docs/jax-versions.md). The same 2-process
+    job run twice on one cache directory finishes both times, and leaves the cache empty."""
+    cache = tmp_path / "cache"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "max_iterations": 4, "eval_interval": 4, "sample_tokens": 0}))
+    env = {**os.environ, "JAXLM_CACHE_DIR": str(cache), "JAX_PLATFORMS": "cpu", "JAXLM_CPU_DEVICES": "2"}
+    for key in ("JAXLM_COORDINATOR", "JAXLM_NUM_PROCESSES", "JAXLM_PROCESS_ID", "JAXLM_DISTRIBUTED"):
+        env.pop(key, None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    launch = [sys.executable, "-m", "jaxlm.launch", "--config", str(config), "--quiet", "--no-experiment-log"]
+    for name in ("first", "second"):
+        done = subprocess.run(
+            ["bash", str(SCRIPT), "2", *launch, "--output-dir", str(tmp_path / "runs"), "--name", name],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**env, "JAXLM_LOG_DIR": str(tmp_path / f"logs-{name}")},
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    xla = cache / "xla"
+    assert not xla.exists() or not any(xla.iterdir()), sorted(p.name for p in xla.iterdir())
