@@ -62,7 +62,7 @@ POINTS: list[tuple[str, str, list[str]]] = [
     ("ts B8 T256 V50k", TS, ["batch_size=8", "vocab_size=50257"]),
     ("ts B8 T256 V50k bf16", TS, ["batch_size=8", "vocab_size=50257", "dtype=bfloat16"]),
     ("silu ablation B8", "configs/ablation_silu.json", ["batch_size=8"]),
-    ("owt leaderboard", "configs/leaderboard_owt.json", []),
+    ("owt leaderboard", "configs/leaderboard_owt.json", ["device=null"]),
 ]
 RSS_POINTS = ("qs", "ts B8 T256")
 MIB = 2**20

@@ -184,6 +184,21 @@ CASES = {
         )[-1],
         ("t.meta.json", "not JSON"),
     ),
+    "device-gpu-missing": Case(
+        "launch",
+        lambda w, f: new_run(w, RUN, "--set", "device=gpu"),
+        ("'device'", '"gpu"', "found only cpu", "uv sync"),
+    ),
+    "device-gpu-missing-dry-run": Case(
+        "launch", lambda w, f: new_run(w, RUN, "--set", "device=gpu", "--dry-run"), ("'device'", "--extra cuda13")
+    ),
+    "device-tpu-missing": Case(
+        "launch", lambda w, f: new_run(w, RUN, "--set", "device=tpu"), ("'device'", "--extra tpu")
+    ),
+    "attention-cudnn-on-cpu": Case(
+        "launch", lambda w, f: new_run(w, {**RUN, "attention": "cudnn"}), ("'attention'", "cuDNN attention failed")
+    ),
+    "attention-unknown": Case("launch", lambda w, f: new_run(w, {**RUN, "attention": "flash"}), ("attention",)),
     "sample-tokens-huge": Case("launch", lambda w, f: new_run(w, {**RUN, "sample_tokens": 10**9}), ("sample_tokens",)),
     "existing-name": Case(
         "launch",

@@ -198,3 +198,8 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
 
 def build_model(c: Config, seed: int | None = None) -> Transformer:
     return Transformer(c, rngs=nnx.Rngs(c.seed if seed is None else seed))
+
+
+def abstract_model(c: Config) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, abstract params) of the config's model, with no array allocated."""
+    return nnx.split(nnx.eval_shape(lambda: build_model(c)), nnx.Param)

@@ -301,11 +301,11 @@ def load(run_dir: str | Path, which: str | int = "best") -> tuple[nnx.Module, Co
 
     Only the params are read (not the optimizer state); arrays land on JAX's default device.
     """
-    from jaxlm.model.transformer import build_model
+    from jaxlm.model.transformer import abstract_model
 
     config = RunDir(run_dir).config()
-    graphdef, params_shape = nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    graphdef, params_shape = abstract_model(config)
+    device = jax.sharding.make_single_device_sharding(jax.devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), params_shape)
     params, _ = restore_params(run_dir, which, target)
     return nnx.merge(graphdef, params), config

@@ -76,6 +76,8 @@ def run_devices(c: Config) -> list[jax.Device]:
 
 def describe_choice(c: Config, devices: list[jax.Device]) -> str:
     """One line: the devices the run uses and who chose them."""
+    import jax
+
     kind = devices[0].device_kind
     by = f'the config (device: "{c.device}")' if c.device else "JAX (device: null)"
-    return f"device: {len(devices)} x {kind} ({devices[0].platform}), chosen by {by}"
+    return f"device: {len(devices)} x {kind} ({devices[0].platform}, jax {jax.__version__}), chosen by {by}"

@@ -104,11 +104,17 @@ def gib(n: float) -> str:
     return f"{n / 2**30:,.2f} GiB"
 
 
+# The GPUs a --dry-run compares the estimate with, so that a GPU config can be sized on a machine
+# without the GPU.
+REFERENCE_GPUS = (("an 80 GB GPU (H100)", 80e9), ("a 180 GB GPU (B200)", 180e9))
+
+
 def describe(c: Config) -> str:
-    """One line for --dry-run: the estimate by part."""
+    """One line for --dry-run: the estimate by part, and its share of an 80 GB and a 180 GB GPU."""
     parts = estimate(c)
     detail = ", ".join(f"{k.replace('_', ' ')} {gib(parts[k])}" for k in DEVICE_PARTS if parts[k])
-    line = f"memory estimate: {gib(parts['total'])} on one device ({detail})"
+    shares = ", ".join(f"{parts['total'] / size:.0%} of {gpu}" for gpu, size in REFERENCE_GPUS)
+    line = f"memory estimate: {gib(parts['total'])} on one device ({detail}); {shares}"
     if parts["tokenizer"]:
         line += f"; tokenizer trainer {gib(parts['tokenizer'])} of host memory, before training"
     return line

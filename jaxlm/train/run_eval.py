@@ -77,11 +77,11 @@ def plan_eval(
 
 def restore_sharded(plan: EvalPlan) -> tuple[nnx.GraphDef, Any, Layout]:
     """(graphdef, params, layout): the checkpoint's params read directly into their shards on the mesh."""
-    from jaxlm.model.transformer import build_model
+    from jaxlm.model.transformer import abstract_model
 
     c = plan.config
     mesh = build_mesh(c)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(c)), nnx.Param)
+    graphdef, abstract = abstract_model(c)
     layout = Layout.for_mesh(mesh, abstract, None)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, layout.params)
     params, _ = restore_params(plan.run_dir, plan.step, target)

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError
-from jaxlm.model.transformer import build_model
+from jaxlm.model.transformer import abstract_model, build_model
 from jaxlm.train.devices import run_devices
 from jaxlm.train.steps import make_loss_fn, train_step_fn
 
@@ -115,11 +115,6 @@ class Layout:
             jax.make_array_from_process_local_data(self.batch, x_local, shape),
             jax.make_array_from_process_local_data(self.batch, y_local, shape),
         )
-
-
-def abstract_model(c: Config) -> tuple[nnx.GraphDef, Any]:
-    """(graphdef, abstract params) of the config's model, with no array allocated."""
-    return nnx.split(nnx.eval_shape(lambda: build_model(c)), nnx.Param)
 
 
 def init_state(c: Config, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[nnx.GraphDef, Any, Any, Layout]:

@@ -18,6 +18,7 @@ from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.data.tokens import batch_at, eval_batches, open_tokens
 from jaxlm.errors import ConfigError
 from jaxlm.model.decode import Decoder
+from jaxlm.model.transformer import abstract_model
 from jaxlm.model.weights import import_safetensors
 from jaxlm.tracking.protocol import RunTracker
 from jaxlm.train.checkpoint import RunCheckpoints, identity
@@ -29,7 +30,7 @@ from jaxlm.train.loop import TrainingLoop
 from jaxlm.train.meter import Meter
 from jaxlm.train.optim import build_optimizer, learning_rate_schedule
 from jaxlm.train.samples import generate_texts
-from jaxlm.train.sharding import abstract_model, build_mesh, compile_eval_step, compile_train_step, init_state
+from jaxlm.train.sharding import build_mesh, compile_eval_step, compile_train_step, init_state
 from jaxlm.train.stopping import DivergenceGuard
 
 log = logging.getLogger(__name__)

@@ -113,7 +113,7 @@ def test_on_the_cpu_the_run_records_jaxlms_kernel_and_its_device(tmp_path, data,
     assert summary["attention_kernel"] == "jaxlm"
     assert summary["attention_reason"] == "jaxlm's kernel (not an NVIDIA GPU)"
     assert (summary["device_platform"], summary["device_requested"]) == ("cpu", None)
-    assert "device: 1 x cpu (cpu), chosen by JAX (device: null)" in capsys.readouterr().out
+    assert f"device: 1 x cpu (cpu, jax {jax.__version__}), chosen by JAX (device: null)" in capsys.readouterr().out
 
 
 def test_wanted_kernel_by_dtype_and_platform(tiny_config):
