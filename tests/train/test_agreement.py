@@ -23,6 +23,8 @@ from helpers import run_summary as summary
 from jaxlm.errors import EXIT_INTERRUPTED, EXIT_OK
 from jaxlm.tracking.runs import saved_checkpoint_steps as checkpoints
 
+pytestmark = pytest.mark.multiprocess  # .ci/run runs these on every jax version it tests
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "local_multiprocess.sh"
 WORKER = Path(__file__).with_name("agree_worker.py")

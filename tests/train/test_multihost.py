@@ -24,6 +24,8 @@ from jaxlm.errors import UserError
 from jaxlm.tracking.protocol import NullTracker
 from jaxlm.train.distributed import launch_mode
 
+pytestmark = pytest.mark.multiprocess  # .ci/run runs these on every jax version it tests
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "local_multiprocess.sh"
 TINY = {
