@@ -17,9 +17,11 @@
 #   --out DIR       logs and report.md (default: a new temporary folder); at most 8 files, so that all of them
 #                   come back through the device tool: env.log correct.log bench.log torch.log quickstart.log
 #                   parts.jsonl quickstart_summary.json report.md
-#   --wheels DIR    wheels to install (pip --no-index --find-links DIR --no-deps) for missing modules
+#   --wheels DIR    wheels to install first (pip --no-index --find-links DIR --no-deps, into a temporary folder
+#                   ahead of the machine's packages): the modules it lacks, or newer versions of some it has
 #   --python PY     the interpreter (default: python3; with --rehearse, .venv/bin/python when it exists)
-#   --budget S      seconds for everything (default 480); each part's timeout is cut to what is left
+#   --budget S      seconds for everything (default 480; 900 with --rehearse); each part's timeout is cut to
+#                   what is left of it
 #   --rehearse      the same parts, shrunk (tiny shapes, few steps), the "GPU" side on the CPU backend, torch
 #                   on the CPU when it imports (else one line: torch: not installed, skipped)
 # Parts, in order, each under its own timeout (a hang costs its part, not the run):
@@ -29,10 +31,12 @@
 #               jaxlm's kernel (forward and gradients), KV-cache generation against the full forward;
 #   bench       python -m jaxlm.bench on configs/tinystories_17m.json at batch 32, 64, 128 in bfloat16 and
 #               float32: tokens/s, MFU against the datasheet peak, compile time;
-#   torch       scripts/torch_reference.py, the same model and step with torch.compile, same batches/dtypes;
-#   quickstart  python -m jaxlm.launch --config configs/quickstart.json, 300 steps in bfloat16.
+#   quickstart  python -m jaxlm.launch --config configs/quickstart.json, 300 steps in bfloat16;
+#   torch       scripts/torch_reference.py, the same model and step with torch.compile, same batches/dtypes
+#               (last: its compile times are the least known; each batch's line is kept as it finishes).
 # Exit status: 0 when every check passed; 1 when one failed or a part failed or timed out; 2 when it cannot
-# start (a bad option, no GPU without --rehearse, a missing module with no wheel for it). One line on stderr.
+# start (a bad option, no GPU without --rehearse, a module jaxlm needs that neither the machine nor --wheels
+# has). One line on stderr; nothing in --out is touched before these checks pass.
 set -uo pipefail
 
 die() {
@@ -40,7 +44,7 @@ die() {
   exit 2
 }
 
-out="" wheels="" py="" budget=480 rehearse=0
+out="" wheels="" py="" budget="" rehearse=0
 while (($#)); do
   case $1 in
     --out | --wheels | --python | --budget)
@@ -53,6 +57,7 @@ while (($#)); do
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
+[[ -n "$budget" ]] || { ((rehearse)) && budget=900 || budget=480; }  # a loaded 2-core CPU is slower than a GPU
 [[ "$budget" =~ ^[0-9]+$ ]] && ((budget >= 10)) || die "--budget: '$budget' is not a whole number of seconds >= 10"
 [[ -z "$wheels" || -d "$wheels" ]] || die "--wheels: '$wheels' is not a folder (launch/gpu_wheels.sh DIR makes one)"
 [[ -z "$wheels" ]] || wheels=$(cd "$wheels" && pwd)
@@ -75,17 +80,18 @@ trap 'rm -rf "$work"' EXIT
 export PYTHONPATH="$PWD:$work/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export JAXLM_CACHE_DIR=$work/cache MPLBACKEND=Agg
 
-# Modules jaxlm trains with that this python lacks come from --wheels (before anything is written to --out).
-missing=$("$py" scripts/gpu_check.py env --missing 2> /dev/null) || die "'$py' cannot run scripts/gpu_check.py"
+# Every wheel in --wheels goes into $work/site (ahead of the machine's own packages on PYTHONPATH); then each
+# module jaxlm trains with must import (before anything is written to --out).
 installed=""
+if [[ -n "$wheels" ]] && compgen -G "$wheels/*.whl" > /dev/null; then
+  "$py" -m pip install -q --no-index --find-links "$wheels" --no-deps --no-compile --target "$work/site" \
+    "$wheels"/*.whl > "$work/pip.log" 2>&1 || die "pip could not install the wheels in $wheels: $(tail -n 1 "$work/pip.log")"
+  installed="installed from $wheels: $(cd "$wheels" && echo *.whl)"
+fi
+missing=$("$py" scripts/gpu_check.py env --missing 2> /dev/null) || die "'$py' cannot run scripts/gpu_check.py"
 if [[ -n "$missing" ]]; then
-  [[ -n "$wheels" ]] || die "$py lacks $(echo $missing): give --wheels DIR (launch/gpu_wheels.sh DIR downloads them)"
-  # shellcheck disable=SC2086 # one distribution name a word
-  "$py" -m pip install -q --no-index --find-links "$wheels" --no-deps --no-compile --target "$work/site" $missing \
-    > "$work/pip.log" 2>&1 || die "pip could not install $(echo $missing) from $wheels: $(tail -n 1 "$work/pip.log")"
-  still=$("$py" scripts/gpu_check.py env --missing 2> /dev/null)
-  [[ -z "$still" ]] || die "still missing after installing from $wheels: $(echo $still)"
-  installed="installed from $wheels: $(echo $missing)"
+  [[ -z "$wheels" ]] || die "$py lacks $(echo $missing), which $wheels has no wheel for (launch/gpu_wheels.sh DIR NAME)"
+  die "$py lacks $(echo $missing): give --wheels DIR (launch/gpu_wheels.sh DIR downloads them)"
 fi
 [[ -n "$out" ]] || out=$(mktemp -d -t jaxlm-gpu-check.XXXXXX)
 rm -f "$out"/{env,correct,bench,torch,quickstart}.log "$out"/{parts.jsonl,quickstart_summary.json,report.md}
@@ -152,6 +158,15 @@ if run_part env env "$py" scripts/gpu_check.py env "${check_args[@]}"; then
         --batch-size "$b" --dtype "$dtype" --steps "$steps" --warmup "$warmup" --set "device=$device" "${tiny[@]}"
     done
   done
+  run_part quickstart quickstart "$py" -m jaxlm.launch --config configs/quickstart.json --set dtype=bfloat16 \
+    --set "max_iterations=$qs_steps" --set "device=$device" "${qs_sets[@]}" --name quickstart \
+    --output-dir "$work/runs" --overwrite --no-experiment-log --quiet
+  # its summary.json, with the config's dtype and batch beside it (the run folder itself stays in $work)
+  "$py" -c 'import json, sys; from pathlib import Path; run, dest = Path(sys.argv[1]), Path(sys.argv[2])
+c = json.loads((run / "config.json").read_text())
+s = {k: c[k] for k in ("dtype", "batch_size", "context_length")} | json.loads((run / "summary.json").read_text())
+(dest.parent / (dest.name + ".tmp")).write_text(json.dumps(s, indent=1)); (dest.parent / (dest.name + ".tmp")).rename(dest)
+' "$work/runs/quickstart" "$out/quickstart_summary.json" 2> /dev/null || echo "quickstart: no summary.json" >> "$out/quickstart.log"
   if "$py" -c "import torch" > /dev/null 2>&1; then
     csv=$(IFS=,; echo "${batches[*]}")
     for dtype in bfloat16 float32; do
@@ -167,15 +182,6 @@ if run_part env env "$py" scripts/gpu_check.py env "${check_args[@]}"; then
     record torch torch.log 1 0 0 failed "torch: not installed on this machine"
     failed=1
   fi
-  run_part quickstart quickstart "$py" -m jaxlm.launch --config configs/quickstart.json --set dtype=bfloat16 \
-    --set "max_iterations=$qs_steps" --set "device=$device" "${qs_sets[@]}" --name quickstart \
-    --output-dir "$work/runs" --overwrite --no-experiment-log --quiet
-  # its summary.json, with the config's dtype and batch beside it (the run folder itself stays in $work)
-  "$py" -c 'import json, sys; from pathlib import Path; run, dest = Path(sys.argv[1]), Path(sys.argv[2])
-c = json.loads((run / "config.json").read_text())
-s = {k: c[k] for k in ("dtype", "batch_size", "context_length")} | json.loads((run / "summary.json").read_text())
-(dest.parent / (dest.name + ".tmp")).write_text(json.dumps(s, indent=1)); (dest.parent / (dest.name + ".tmp")).rename(dest)
-' "$work/runs/quickstart" "$out/quickstart_summary.json" 2> /dev/null || echo "quickstart: no summary.json" >> "$out/quickstart.log"
 fi
 
 "$py" -c 'import json, sys; print(json.dumps({"part": "gpu_check", "mode": sys.argv[1], "seconds": int(sys.argv[2]),
