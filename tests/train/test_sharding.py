@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,9 @@ def train_here(**overrides) -> tuple[list[float], float]:
     from jaxlm.train.trainer import Trainer
 
     c = build_config({**TINY, **overrides})
-    tracker = RecordingTracker("t", "runs/t")
-    result = Trainer(c).run(tracker)
+    with tempfile.TemporaryDirectory() as run_dir:  # the trainer saves its tokenizer and checkpoints there
+        tracker = RecordingTracker("t", run_dir)
+        result = Trainer(c).run(tracker)
     return [r["train_loss"] for r in tracker.rows], result.summary["final_val_loss"]
 
 
