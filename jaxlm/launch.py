@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--experiment-log",
         metavar="PATH",
-        help="markdown log to append this run's entry to (default: EXPERIMENT_LOG.md beside --output-dir)",
+        help="markdown log to append this run's entry to (default: EXPERIMENT_LOG.md in --output-dir)",
     )
     p.add_argument("--no-experiment-log", action="store_true", help="do not append to the experiment log")
     args = p.parse_args(argv)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO_ROOT, TINY_MODEL, debris, working_tree_state
+from helpers import REPO_ROOT, TINY_MODEL, working_tree_paths
 from jaxlm.config import Config, build_config
 
 
@@ -21,13 +21,13 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session", autouse=True)
 def no_debris_in_the_working_tree():
-    """Fails the session (an error at the last test's teardown) when the tests wrote into the checkout:
-    a new file or folder (ignored ones such as `runs/t/` included) or a changed one. Tests write only
-    under their tmp_path; caches of Python and pytest are left out."""
-    before = working_tree_state(REPO_ROOT)
+    """Fails the session (an error at the last test's teardown) when the tests left a new file or folder
+    in the checkout, ignored ones such as `runs/t/` included. Tests write only under their tmp_path;
+    caches of Python and pytest are left out."""
+    before = working_tree_paths(REPO_ROOT)
     yield
     if before is not None:
-        left = debris(before, working_tree_state(REPO_ROOT) or {})
+        left = sorted((working_tree_paths(REPO_ROOT) or set()) - before)
         assert not left, f"the tests left these in the working tree {REPO_ROOT}: {', '.join(left)}"
 
 

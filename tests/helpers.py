@@ -96,10 +96,11 @@ def shared_token_cache(tmp_path_factory, values: dict):
 CACHE_PARTS = ("__pycache__", ".pytest_cache", ".ruff_cache", ".venv")  # what running Python leaves, by design
 
 
-def working_tree_state(root: Path) -> dict[str, tuple] | None:
-    """Every untracked, ignored or modified path of the git checkout at `root` (an ignored folder counts
-    as one path), with its size and mtime, leaving out interpreter and tool caches; None outside git.
-    Two states differ when something was written into the working tree between them."""
+def working_tree_paths(root: Path) -> set[str] | None:
+    """The untracked and ignored paths of the git checkout at `root` (an ignored or untracked folder counts
+    as one path), leaving out interpreter and tool caches; None outside a git checkout. A path in a later
+    set and not in an earlier one was written into the working tree between them. (Tracked files are left
+    out: a developer editing the code while the tests run is not debris.)"""
     import subprocess
 
     proc = subprocess.run(
@@ -107,19 +108,9 @@ def working_tree_state(root: Path) -> dict[str, tuple] | None:
     )
     if proc.returncode != 0:
         return None
-    state = {}
+    paths = set()
     for entry in proc.stdout.decode(errors="replace").split("\0"):
         path = entry[3:]
-        if not path or any(part.startswith(CACHE_PARTS) for part in Path(path).parts):
-            continue
-        try:
-            st = (root / path).stat()
-            state[path] = (entry[:2], st.st_size, st.st_mtime_ns)
-        except OSError:
-            state[path] = (entry[:2], None, None)  # deleted
-    return state
-
-
-def debris(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
-    """The paths that are new or changed in `after`."""
-    return sorted(p for p, sig in after.items() if before.get(p) != sig)
+        if entry[:2] in ("??", "!!") and not any(part.startswith(CACHE_PARTS) for part in Path(path).parts):
+            paths.add(path)
+    return paths

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import subprocess
 
-from helpers import debris, working_tree_state
+from helpers import working_tree_paths
 
 
 def git(repo, *args):
     subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
 
 
-def test_new_ignored_untracked_and_changed_paths_are_debris_caches_are_not(tmp_path):
+def test_new_ignored_and_untracked_paths_are_seen_caches_and_edits_are_not(tmp_path):
     repo = tmp_path / "repo"
     (repo / "runs").mkdir(parents=True)
     (repo / ".gitignore").write_text("runs/*\n!runs/.gitkeep\n__pycache__/\n")
@@ -23,16 +23,18 @@ def test_new_ignored_untracked_and_changed_paths_are_debris_caches_are_not(tmp_p
     git(repo, "init", "-q")
     git(repo, "add", ".")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    before = working_tree_state(repo)
-    assert before == {}
+    (repo / "notes.txt").write_text("mine, untracked, there before\n")
+    before = working_tree_paths(repo)
+    assert before == {"notes.txt"}
     (repo / "runs" / "t").mkdir()  # what tests/train/test_sharding.py used to leave
     (repo / "runs" / "t" / "tokenizer.json").write_text("{}")
     (repo / "comparison.png").write_bytes(b"png")
-    (repo / "README.md").write_text("changed\n")
+    (repo / "README.md").write_text("changed\n")  # an edit while the tests run
+    (repo / "notes.txt").write_text("edited\n")
     (repo / "jaxlm" / "__pycache__").mkdir()
     (repo / "jaxlm" / "__pycache__" / "x.pyc").write_bytes(b"")
-    assert debris(before, working_tree_state(repo)) == ["README.md", "comparison.png", "runs/t/"]
+    assert sorted(working_tree_paths(repo) - before) == ["comparison.png", "runs/t/"]
 
 
 def test_outside_a_git_checkout_there_is_no_state(tmp_path):
-    assert working_tree_state(tmp_path) is None
+    assert working_tree_paths(tmp_path) is None

@@ -155,9 +155,9 @@ def test_real_training_run_writes_every_file(tmp_path, capsys):
         assert image.ndim == 3 and image.shape[0] >= 300 and image.shape[1] >= 600, png
         assert image[..., :3].std() > 0.05, f"{png} is blank"
 
-    log_text = (tmp_path / "EXPERIMENT_LOG.md").read_text()  # default: beside the runs folder
+    log_text = (run.parent / "EXPERIMENT_LOG.md").read_text()  # default: in the runs folder
     assert "tiny · completed" in log_text and "`learning_rate`: 0.003 -> 0.004" in log_text
-    assert "[loss curves](runs/tiny/loss_curves.png)" in log_text and "### Observations" in log_text
+    assert "[loss curves](tiny/loss_curves.png)" in log_text and "### Observations" in log_text
 
 
 def test_eval_rows_refresh_plots_and_metrics_json_before_the_end(tmp_path):

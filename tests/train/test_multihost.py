@@ -89,8 +89,8 @@ def test_two_processes_match_one_process_and_only_process_0_writes(tmp_path):
     assert single.returncode == 0, single_err[-3000:]
 
     run_dir = tmp_path / "mp" / "runs" / "mp"
-    assert sorted(p.name for p in (tmp_path / "mp" / "runs").iterdir()) == ["mp"]
-    assert (tmp_path / "mp" / "EXPERIMENT_LOG.md").read_text().count("\n## ") == 1  # one tracker finalized
+    assert sorted(p.name for p in (tmp_path / "mp" / "runs").iterdir()) == ["EXPERIMENT_LOG.md", "mp"]
+    assert (tmp_path / "mp" / "runs" / "EXPERIMENT_LOG.md").read_text().count("\n## ") == 1  # one tracker finalized
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
     assert (run_dir / "checkpoints").is_dir()  # saved collectively by both processes
     summary = json.loads((run_dir / "summary.json").read_text())
