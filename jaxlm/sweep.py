@@ -6,14 +6,14 @@ crash or divergence in one point cannot take the sweep down. Each point's outcom
 is read from its `summary.json`. Running the same command again skips completed
 and diverged points, resumes interrupted ones (`launch --resume`) and, with
 `--retry-failed`, starts failed ones afresh (`launch --overwrite`). At the end:
-`<output-dir>/.sweeps/<prefix>_sweep.png`, `<prefix>_by_value.png`, `<prefix>_sweep.md` (hidden from
+`<output-dir>/.reports/<prefix>_sweep.png`, `<prefix>_by_value.png`, `<prefix>_sweep.md` (hidden from
 run-directory globs) and one grouped entry in `<output-dir>/EXPERIMENT_LOG.md`, which a finished sweep run
 again does not repeat (see `jaxlm.tracking.sweep_report`). `--report PREFIX --output-dir DIR`
 writes the figures and the table again from the run directories already there, running nothing.
 
 With `--slurm` the points run on a SLURM cluster instead, all at once as one job array
 (`jaxlm.train.slurm_array`; `--max-parallel N` caps how many run together): the command writes
-`<output-dir>/.sweeps/<prefix>_sweep.sbatch`, submits it, prints the job id and returns. Each element is
+`<output-dir>/.reports/<prefix>_sweep.sbatch`, submits it, prints the job id and returns. Each element is
 a normal `jaxlm.launch ... --resume-if-exists` run, so preempted elements requeue and resume.
 Running the same command again while the job is queued says so (exit 75); once it is done it
 writes the report from the run directories (and submits again only points left unfinished).

@@ -239,7 +239,7 @@ CASES = {
     "sweep-report-not-ours": Case(
         "sweep",
         lambda w, f: (
-            mine(w / "runs" / ".sweeps" / "p_sweep.md"),
+            mine(w / "runs" / ".reports" / "p_sweep.md"),
             [
                 "--config",
                 config_file(w, RUN),

@@ -1,6 +1,6 @@
 """Sweeps: grid expansion and names, --constant-tokens, --dry-run, diverged/failed points recorded
 while the sweep goes on, re-runs skip finished points and resume interrupted ones, the PNG +
-table (in `<output-dir>/.sweeps/`) + one grouped EXPERIMENT_LOG.md entry, not repeated by a re-run,
+table (in `<output-dir>/.reports/`) + one grouped EXPERIMENT_LOG.md entry, not repeated by a re-run,
 and one real point run through `jaxlm.launch`."""
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_sweep_records_diverged_and_failed_points_and_reruns_resume(base, tmp_pa
     assert main(args, runner=fake) == 1  # not every point finished
     assert len(fake.commands) == 4  # the failed and diverged points did not stop the sweep
 
-    table = (out / ".sweeps" / "lr_sweep.md").read_text()
+    table = (out / ".reports" / "lr_sweep.md").read_text()
     rows = {
         line.split("|")[2].strip(): line
         for line in table.splitlines()
@@ -174,7 +174,7 @@ def test_sweep_records_diverged_and_failed_points_and_reruns_resume(base, tmp_pa
     assert "**DIVERGED** at step 9" in rows["[learning_rate=1](../lr_learning_rate=1)"]
     assert "failed" in rows["[learning_rate=1e-2](../lr_learning_rate=1e-2)"]
     assert "**best**" in rows["**[learning_rate=1e-3](../lr_learning_rate=1e-3)**"]  # 3e-3 was interrupted
-    assert (out / ".sweeps" / "lr_sweep.png").stat().st_size > 1000
+    assert (out / ".reports" / "lr_sweep.png").stat().st_size > 1000
     assert log.read_text().count("\n## ") == 1 and "sweep lr · 4 points" in log.read_text()
 
     # Again: finished points skipped, the interrupted one resumed, the failed one left alone.
@@ -185,7 +185,7 @@ def test_sweep_records_diverged_and_failed_points_and_reruns_resume(base, tmp_pa
     assert "--no-experiment-log" in fake2.commands[0]
     rows = {
         line.split("|")[2].strip(): line
-        for line in (out / ".sweeps" / "lr_sweep.md").read_text().splitlines()
+        for line in (out / ".reports" / "lr_sweep.md").read_text().splitlines()
         if line.startswith("| ") and "learning_rate=" in line
     }
     assert "**best**" in rows["**[learning_rate=3e-3](../lr_learning_rate=3e-3)**"]  # 1.42 after resuming
@@ -228,7 +228,7 @@ def test_one_real_point_through_launch(base, tmp_path, capsys):
     summary = json.loads((out / "real_learning_rate=2e-3" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 4
     assert json.loads((out / "real_learning_rate=2e-3" / "config.json").read_text())["learning_rate"] == 2e-3
-    assert "**best**" in (out / ".sweeps" / "real_sweep.md").read_text()
+    assert "**best**" in (out / ".reports" / "real_sweep.md").read_text()
     assert not (tmp_path / "EXPERIMENT_LOG.md").exists() and not (out / "EXPERIMENT_LOG.md").exists()
 
 
@@ -239,7 +239,7 @@ def test_points_that_fail_before_their_run_begins_are_failed_in_the_table_and_dr
     args = ["--config", str(base), "--grid", "learning_rate=1e-3,3e-3", "--name-prefix", "f"]
     args += ["--output-dir", str(out), "--no-experiment-log"]
     assert main(args, runner=lambda command: 2) == 1
-    table = (out / ".sweeps" / "f_sweep.md").read_text()
+    table = (out / ".reports" / "f_sweep.md").read_text()
     assert table.count("| failed |") == 2 and "not started" not in table
-    assert not (out / ".sweeps" / "f_sweep.png").exists() and not (out / ".sweeps" / "f_by_value.png").exists()
+    assert not (out / ".reports" / "f_sweep.png").exists() and not (out / ".reports" / "f_by_value.png").exists()
     assert "failed (exit 2)" in capsys.readouterr().out

@@ -30,15 +30,17 @@ TABLE_COLUMNS = (
 )
 
 
-def expand_run_paths(patterns: Sequence[str | Path]) -> list[Path]:
+def expand_run_paths(patterns: Sequence[str | Path], keep_unmatched: bool = False) -> list[Path]:
     """Paths with shell-style globs expanded (for quoted globs and shells that do not expand them).
-    A glob keeps only the directories it matches (`runs/lr_*` may also match `runs/lr_comparison.png`)."""
+    A glob keeps only the directories it matches (`runs/lr_*` may also match `runs/lr_comparison.png`);
+    one that matches none is NotARunError, or with `keep_unmatched` stays as the path it spells."""
     paths: list[Path] = []
     for pattern in map(str, patterns):
         if glob.has_magic(pattern):
             matches = sorted(m for m in glob.glob(pattern) if Path(m).is_dir())
-            if not matches:
+            if not matches and not keep_unmatched:
                 raise NotARunError(f"'{pattern}' matches no run directory")
+            matches = matches or [pattern]
             paths += [Path(m) for m in matches]
         else:
             paths.append(Path(pattern))

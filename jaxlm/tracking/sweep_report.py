@@ -1,4 +1,4 @@
-"""A sweep's write-up, read from its points' run directories, in `<output-dir>/.sweeps/` (hidden, so a
+"""A sweep's write-up, read from its points' run directories, in `<output-dir>/.reports/` (hidden, so a
 run-directory glob such as `runs/lr_*` or `runs/*` never picks a report up): `<prefix>_sweep.png` (train and
 validation curves, every point), `<prefix>_by_value.png` (validation loss against the swept value, or
 a heat map for two keys; `jaxlm.tracking.sweep_plots`), one markdown table (best point and diverged
@@ -19,7 +19,7 @@ from jaxlm.tracking.evals import full_val_loss
 from jaxlm.tracking.explog import append_entry
 from jaxlm.tracking.fmt import markdown_table, number, write_text
 from jaxlm.tracking.outputs import OutputError
-from jaxlm.tracking.runs import RunRecord, config_cell, differing_config_keys, is_run_dir, load_run
+from jaxlm.tracking.runs import RunRecord, config_cell, differing_config_keys, is_run_dir, load_run, report_dir
 from jaxlm.tracking.sweep_plots import PointCurves, ValuePoint, numeric, plot_by_value, plot_heatmap, plot_sweep_curves
 
 COLUMNS = (
@@ -36,12 +36,6 @@ COLUMNS = (
 
 
 FULL_VAL_COLUMN = "full val loss"
-REPORT_DIR = ".sweeps"
-
-
-def report_dir(output_dir: str | Path) -> Path:
-    """Where the sweeps of the runs in `output_dir` keep their reports (and SLURM files)."""
-    return Path(output_dir) / REPORT_DIR
 
 
 @dataclass(frozen=True)
@@ -195,7 +189,7 @@ def write_report(
     experiment_log: Path | None,
     outcomes: dict[str, str] | None = None,
 ) -> SweepReport:
-    """Write `<output_dir>/.sweeps/<prefix>_sweep.png` and `.md`; append the log entry unless `experiment_log`
+    """Write `<output_dir>/.reports/<prefix>_sweep.png` and `.md`; append the log entry unless `experiment_log`
     is None, or the log already holds this sweep's entry for the same runs (a finished sweep run again).
     `outcomes` ({point: status}) is what the sweep saw of points that left no run directory (a launch
     that failed before its run began), so the table says "failed" as the console did."""
