@@ -169,6 +169,7 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, trained, capsys):
     assert snapshot(trained) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_after_validation(tmp_path, trained, capsys):
     out = tmp_path / "runs"
     shutil.copytree(trained, out / "run")
@@ -202,6 +203,7 @@ def test_resume_refuses_unsafe_changes(tmp_path, trained, capsys):
     assert snapshot(trained) == before
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's other failed reads
 def test_corrupt_checkpoint_names_step_and_older_choice(tmp_path, trained, capsys):
     run_dir = tmp_path / "copy"

@@ -146,6 +146,7 @@ def test_token_file_is_read_by_the_real_loader(tmp_path):
     assert int(tf.tokens.max()) == meta["max_token_id"] < 300
 
 
+@pytest.mark.slow
 def test_memory_mode_reports_both_peaks(tiny_file, tmp_path):
     code, out, err = run_main(
         [

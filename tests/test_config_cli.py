@@ -208,6 +208,7 @@ def test_missing_data_file_exits_2_before_writing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_on_tinystories_17m_reports_about_17m_non_embedding_params(tmp_path):
     proc = run_cli(
         ["--config", str(REPO_ROOT / "configs" / "tinystories_17m.json"), "--dry-run", "--output-dir", "out"],

@@ -204,6 +204,7 @@ def test_sweep_records_diverged_and_failed_points_and_reruns_resume(base, tmp_pa
     assert all((p / "summary.json").is_file() for p in out.glob("lr_*"))  # a run glob finds runs alone
 
 
+@pytest.mark.slow
 def test_one_real_point_through_launch(base, tmp_path, capsys):
     out = tmp_path / "runs"
     assert (

@@ -80,6 +80,7 @@ def read_csv(path):
         return header, [dict(zip(header, cells)) for cells in reader]
 
 
+@pytest.mark.slow
 def test_real_training_run_writes_every_file(tmp_path, capsys):
     from jaxlm import launch
 
@@ -194,6 +195,7 @@ def test_with_block_marks_failed_runs(tmp_path):
     assert summary["status"] == "failed" and "out of memory" in summary["error"]
 
 
+@pytest.mark.slow
 def test_resume_drops_later_rows_and_continues_the_clock(tmp_path):
     first = fake_run(tmp_path, name="r", steps=10, eval_every=5, finalize=False)
     first.finalize("interrupted")

@@ -47,6 +47,7 @@ def read_losses(run_dir: Path) -> tuple[list[float], list[float]]:
     return [float(r["train_loss"]) for r in rows], [float(r["val_loss"]) for r in rows if r["val_loss"]]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_only_process_0_writes(tmp_path):
     from jaxlm.config import build_config
     from jaxlm.data.sources import prepare
@@ -136,6 +137,7 @@ def test_null_tracker_writes_nothing_and_has_only_the_protocol(tmp_path):
     assert protocol <= {name for name in dir(NullTracker) if not name.startswith("_")} | {"name", "run_dir"}
 
 
+@pytest.mark.slow
 def test_process_0_refused_the_run_directory_stops_every_process(tmp_path):
     """Process 0 alone claims the run directory; when it is refused (another command holds the run),
     process 1 must stop too, with one line, instead of waiting in its first collective."""

@@ -76,6 +76,7 @@ def assert_close(a, b, rtol=1e-5):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=0)
 
 
+@pytest.mark.slow
 def test_meshes_match_one_device_and_shard_params(cache_dir, reference):
     reference, reference_val = reference
     out = run_worker(
@@ -95,6 +96,7 @@ def test_meshes_match_one_device_and_shard_params(cache_dir, reference):
     assert out["dp2_fsdp2"]["emb_spec"] == ["fsdp", None]  # (300, 32)
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_full_batch(reference):
     full, full_val = reference
     accum, accum_val = train_here(grad_accum_steps=4)
