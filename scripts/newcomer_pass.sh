@@ -13,7 +13,8 @@ SRC="$(cd "$(dirname "$0")/.." && pwd)"
 CLONE="${1:-$(mktemp -d)/jaxlm}"
 git clone --quiet "$SRC" "$CLONE"
 cd "$CLONE"
-[[ -d "$SRC/.venv" ]] && export UV_PROJECT_ENVIRONMENT="$SRC/.venv"  # reuse the installed environment
+unset UV_PROJECT_ENVIRONMENT VIRTUAL_ENV  # the clone's own .venv (git-ignored), from uv's wheel cache
+uv sync --quiet --locked --extra wandb
 export JAXLM_CACHE_DIR="${JAXLM_CACHE_DIR:-$(mktemp -d)}"
 tiny=()
 tests=(tests)
