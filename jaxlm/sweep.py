@@ -169,12 +169,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slurm", action="store_true", help="submit the points as one SLURM job array and return")
     p.add_argument("--slurm-args", default="", metavar="ARGS", help='extra sbatch options, e.g. "--time=2:00:00"')
     p.add_argument("--max-parallel", type=int, metavar="N", help="with --slurm: at most N points run at once")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_slurm_args(sys.argv[1:] if argv is None else argv))
     if (args.slurm_args or args.max_parallel is not None) and not args.slurm:
         p.error("--slurm-args and --max-parallel go with --slurm")
     if args.max_parallel is not None and args.max_parallel < 1:
         p.error("--max-parallel: expected a positive number")
     return args
+
+
+def join_slurm_args(argv: list[str]) -> list[str]:
+    """`--slurm-args "--cpus-per-task=1"` as `--slurm-args=--cpus-per-task=1`: argparse would read a value
+    that starts with a dash as an option of its own."""
+    out = list(argv)
+    for i, word in enumerate(out[:-1]):
+        if word == "--slurm-args":
+            out[i : i + 2] = [f"--slurm-args={out[i + 1]}"]
+            break
+    return out
 
 
 def submit_to_slurm(args: argparse.Namespace, points: list[GridPoint], prefix: str) -> int | None:

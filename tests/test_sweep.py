@@ -244,3 +244,13 @@ def test_points_that_fail_before_their_run_begins_are_failed_in_the_table_and_dr
     assert table.count("| failed |") == 2 and "not started" not in table
     assert not (out / ".reports" / "f_sweep.png").exists() and not (out / ".reports" / "f_by_value.png").exists()
     assert "failed (exit 2)" in capsys.readouterr().out
+
+
+def test_slurm_args_may_be_one_option_that_starts_with_a_dash():
+    from jaxlm.sweep import parse_args
+
+    args = parse_args(["--config", "c.json", "--grid", "seed=1,2", "--slurm", "--slurm-args", "--cpus-per-task=1"])
+    assert args.slurm_args == "--cpus-per-task=1" and args.slurm
+    assert parse_args(["--config", "c.json", "--slurm", "--slurm-args", "--time=1:00 -p gpu"]).slurm_args == (
+        "--time=1:00 -p gpu"
+    )
