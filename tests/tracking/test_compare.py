@@ -57,8 +57,9 @@ def test_compare_three_runs_with_a_glob(three_runs, tmp_path, capsys):
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert printed.split("\n\nwrote")[0].strip() in table
     lines = [line for line in table.splitlines() if line.startswith("| lr_")]
-    assert [line.split(" | ")[0] for line in lines] == ["| lr_1e-1", "| lr_1e-3", "| lr_3e-3"]
-    diverged, done, cut = (line.split(" | ") for line in lines)
+    assert [line.split(" | ")[0] for line in lines] == ["| lr_1e-3", "| lr_3e-3", "| lr_1e-1"]  # by value
+    done, cut, diverged = (line.split(" | ") for line in lines)
+    assert done[9].strip(" |") == f"{(6.0 / 20 + 1.1) / 2:.3f}"  # final val bits/byte
     assert done[2] == "completed" and done[3] == f"{6.0 / 20 + 1.1:.4f} (20)" and done[5] == "20"
     assert done[1] == "lr 0.001 \\| test"  # pipes in descriptions are escaped
     assert (
