@@ -38,7 +38,7 @@ step uv run python -m jaxlm.compare runs/lr_*                     # unquoted: th
 step uv run jaxlm runs --sort best
 step uv run python -m jaxlm.evaluate --run runs/quickstart --quiet
 step uv run python -m jaxlm.generate --run runs/quickstart --prompt "Once upon a time" --max-new-tokens 20
-step uv run python -m jaxlm.export --run runs/quickstart --out runs/quickstart.safetensors
+step uv run python -m jaxlm.export --run runs/quickstart --out runs/quickstart.safetensors  # and its .json
 step uv run python -m jaxlm.export --run runs/quickstart --format hf --out runs/quickstart-hf
 
 echo
@@ -48,7 +48,7 @@ echo "${status:-(empty)}"
 echo "\$ ls -A runs"
 ls -A runs
 echo "sweep entries in runs/EXPERIMENT_LOG.md: $(grep -c '· sweep lr ·' runs/EXPERIMENT_LOG.md)"
-expected=".gitkeep .reports EXPERIMENT_LOG.md lr_learning_rate=2.5e-3 lr_learning_rate=5e-3 quickstart quickstart-hf quickstart.safetensors"
+expected=".gitkeep .reports EXPERIMENT_LOG.md lr_learning_rate=2.5e-3 lr_learning_rate=5e-3 quickstart quickstart-hf quickstart.json quickstart.safetensors"
 [[ -z "$status" ]] || { echo "FAIL: the checkout is not clean"; exit 1; }
 [[ "$(ls -A runs | sort | tr '\n' ' ' | sed 's/ $//')" == "$(tr ' ' '\n' <<<"$expected" | sort | tr '\n' ' ' | sed 's/ $//')" ]] \
     || { echo "FAIL: runs/ holds something the user did not make"; exit 1; }
