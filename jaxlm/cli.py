@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "launch": ("jaxlm.launch", "train a model from a config"),
     "sweep": ("jaxlm.sweep", "run a grid of launches and report them"),
+    "runs": ("jaxlm.runs", "list runs: status, progress, losses, ETA"),
     "compare": ("jaxlm.compare", "plot and tabulate runs side by side"),
     "generate": ("jaxlm.generate", "sample text from a trained run"),
     "export": ("jaxlm.export", "write a run's weights as safetensors"),

@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--experiment-log",
         type=Path,
         metavar="PATH",
-        help="markdown log for the entry (default: EXPERIMENT_LOG.md beside the run's folder)",
+        help="markdown log for the entry (default: EXPERIMENT_LOG.md in the folder that holds the run)",
     )
     p.add_argument("--no-experiment-log", action="store_true", help="do not append to the experiment log")
     return p.parse_args(argv)

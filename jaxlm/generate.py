@@ -19,15 +19,19 @@ MAX_NEW_TOKENS = 100_000  # a bound, so a typo cannot hang the command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxlm.generate", description="Sample text from a trained run.")
+    p = argparse.ArgumentParser(
+        prog="python -m jaxlm.generate",
+        description="Sample text from a trained run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--run", required=True, type=Path, help="run directory, e.g. runs/quickstart")
-    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default best)")
-    p.add_argument("--prompt", default="Once upon a time")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--checkpoint", default="best", help="best | latest | STEP")
+    p.add_argument("--prompt", default="Once upon a time", help="text the samples continue")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="at most this many tokens per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--num-samples", type=int, default=1, help="how many samples")
     return p.parse_args(argv)
 
 

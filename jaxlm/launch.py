@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override a config key (repeatable)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
+    p.add_argument("--dry-run", action="store_true", help="print the config, model size and data files, then exit")
+    p.add_argument("--estimate", action="store_true", help="with --dry-run: time a few steps, estimate the run's time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--resume",
@@ -68,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--experiment-log",
         metavar="PATH",
-        help="markdown log to append this run's entry to (default: EXPERIMENT_LOG.md beside --output-dir)",
+        help="markdown log to append this run's entry to (default: EXPERIMENT_LOG.md in --output-dir)",
     )
     p.add_argument("--no-experiment-log", action="store_true", help="do not append to the experiment log")
     args = p.parse_args(argv)
@@ -125,6 +126,8 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
 
 
 def describe(config: Config, name: str) -> str:
+    from jaxlm.data.sources import data_report
+
     counts = param_counts(config)
     lines = [
         f"run: {name}",
@@ -134,6 +137,7 @@ def describe(config: Config, name: str) -> str:
         f"FLOPs per token (train): {flops_per_token(config):,}",
         f"tokens per step: {config.tokens_per_step:,}; total: {config.tokens_per_step * config.max_iterations:,}",
         memory.describe(config),
+        *data_report(config),
     ]
     return "\n".join(lines)
 
@@ -159,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(config, name))
             print(devices)
             print(describe_process())
+            if args.estimate:
+                from jaxlm.train.probe import describe_estimate
+
+                print(describe_estimate(config))
             return EXIT_OK
+        if args.estimate:
+            raise UserError("--estimate: only with --dry-run")
         run_dir, claim = start_together(args, config, name)
         outcome = f"the run is as it was (--resume {run_dir} again)" if args.resume else "nothing was written"
         with exit_on_signal("data preparation and compilation", claim.abandon if claim else None, outcome=outcome):

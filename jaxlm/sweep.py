@@ -6,13 +6,14 @@ crash or divergence in one point cannot take the sweep down. Each point's outcom
 is read from its `summary.json`. Running the same command again skips completed
 and diverged points, resumes interrupted ones (`launch --resume`) and, with
 `--retry-failed`, starts failed ones afresh (`launch --overwrite`). At the end:
-`<output-dir>/<prefix>_sweep.png`, `<prefix>_by_value.png`, `<prefix>_sweep.md` and one grouped
-entry in EXPERIMENT_LOG.md (see `jaxlm.tracking.sweep_report`). `--report PREFIX --output-dir DIR`
+`<output-dir>/.reports/<prefix>_sweep.png`, `<prefix>_by_value.png`, `<prefix>_sweep.md` (hidden from
+run-directory globs) and one grouped entry in `<output-dir>/EXPERIMENT_LOG.md`, which a finished sweep run
+again does not repeat (see `jaxlm.tracking.sweep_report`). `--report PREFIX --output-dir DIR`
 writes the figures and the table again from the run directories already there, running nothing.
 
 With `--slurm` the points run on a SLURM cluster instead, all at once as one job array
 (`jaxlm.train.slurm_array`; `--max-parallel N` caps how many run together): the command writes
-`<output-dir>/<prefix>_sweep.sbatch`, submits it, prints the job id and returns. Each element is
+`<output-dir>/.reports/<prefix>_sweep.sbatch`, submits it, prints the job id and returns. Each element is
 a normal `jaxlm.launch ... --resume-if-exists` run, so preempted elements requeue and resume.
 Running the same command again while the job is queued says so (exit 75); once it is done it
 writes the report from the run directories (and submits again only points left unfinished).
@@ -162,18 +163,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--experiment-log",
         type=Path,
         metavar="PATH",
-        help="markdown log for the sweep's entry (default: EXPERIMENT_LOG.md beside --output-dir)",
+        help="markdown log for the sweep's entry (default: EXPERIMENT_LOG.md in --output-dir)",
     )
     p.add_argument("--no-experiment-log", action="store_true", help="do not append to the experiment log")
     p.add_argument("--slurm", action="store_true", help="submit the points as one SLURM job array and return")
     p.add_argument("--slurm-args", default="", metavar="ARGS", help='extra sbatch options, e.g. "--time=2:00:00"')
     p.add_argument("--max-parallel", type=int, metavar="N", help="with --slurm: at most N points run at once")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_slurm_args(sys.argv[1:] if argv is None else argv))
     if (args.slurm_args or args.max_parallel is not None) and not args.slurm:
         p.error("--slurm-args and --max-parallel go with --slurm")
     if args.max_parallel is not None and args.max_parallel < 1:
         p.error("--max-parallel: expected a positive number")
     return args
+
+
+def join_slurm_args(argv: list[str]) -> list[str]:
+    """`--slurm-args "--cpus-per-task=1"` as `--slurm-args=--cpus-per-task=1`: argparse would read a value
+    that starts with a dash as an option of its own."""
+    out = list(argv)
+    for i, word in enumerate(out[:-1]):
+        if word == "--slurm-args":
+            out[i : i + 2] = [f"--slurm-args={out[i + 1]}"]
+            break
+    return out
 
 
 def submit_to_slurm(args: argparse.Namespace, points: list[GridPoint], prefix: str) -> int | None:
@@ -182,7 +194,7 @@ def submit_to_slurm(args: argparse.Namespace, points: list[GridPoint], prefix: s
     from jaxlm.train import slurm_array
 
     output_dir = args.output_dir.absolute()
-    record = output_dir / f"{prefix}_sweep.slurm.json"
+    record = sweep_report.report_dir(output_dir) / f"{prefix}_sweep.slurm.json"
     job = slurm_array.read_job(record)
     if job is not None and (left := slurm_array.queued(job)):
         print(f"sweep {prefix}: SLURM job {job} still has {len(left)} element(s) queued or running:")
@@ -202,8 +214,8 @@ def submit_to_slurm(args: argparse.Namespace, points: list[GridPoint], prefix: s
         ]
         for i, point in todo.items()
     }
-    logs = output_dir / f"{prefix}_sweep.slurm"
-    script = output_dir / f"{prefix}_sweep.sbatch"
+    logs = sweep_report.report_dir(output_dir) / f"{prefix}_sweep.slurm"
+    script = sweep_report.report_dir(output_dir) / f"{prefix}_sweep.sbatch"
     logs.mkdir(parents=True, exist_ok=True)
     write_text(script, slurm_array.array_script(prefix, commands, logs, Path.cwd(), args.max_parallel))
     job = slurm_array.submit(script, shlex.split(args.slurm_args))

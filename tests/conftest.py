@@ -1,7 +1,8 @@
 """Shared test fixtures: tiny configs and an isolated token cache.
 
 Every test runs with JAXLM_CACHE_DIR pointing into its own tmp dir, so tests never
-read or write ~/.cache/jaxlm and never see each other's tokenizers.
+read or write ~/.cache/jaxlm and never see each other's tokenizers; and the session fails when the
+tests left anything in the checkout (`no_debris_in_the_working_tree`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_MODEL
+from helpers import REPO_ROOT, TINY_MODEL, working_tree_paths
 from jaxlm.config import Config, build_config
 
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/ from this run")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_debris_in_the_working_tree():
+    """Fails the session (an error at the last test's teardown) when the tests left a new file or folder
+    in the checkout, ignored ones such as `runs/t/` included. Tests write only under their tmp_path;
+    caches of Python and pytest are left out."""
+    before = working_tree_paths(REPO_ROOT)
+    yield
+    if before is not None:
+        left = sorted((working_tree_paths(REPO_ROOT) or set()) - before)
+        assert not left, f"the tests left these in the working tree {REPO_ROOT}: {', '.join(left)}"
 
 
 @pytest.fixture(scope="session", autouse=True)

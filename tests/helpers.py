@@ -91,3 +91,26 @@ def shared_token_cache(tmp_path_factory, values: dict):
             os.environ.pop("JAXLM_CACHE_DIR")
         else:
             os.environ["JAXLM_CACHE_DIR"] = old
+
+
+CACHE_PARTS = ("__pycache__", ".pytest_cache", ".ruff_cache", ".venv")  # what running Python leaves, by design
+
+
+def working_tree_paths(root: Path) -> set[str] | None:
+    """The untracked and ignored paths of the git checkout at `root` (an ignored or untracked folder counts
+    as one path), leaving out interpreter and tool caches; None outside a git checkout. A path in a later
+    set and not in an earlier one was written into the working tree between them. (Tracked files are left
+    out: a developer editing the code while the tests run is not debris.)"""
+    import subprocess
+
+    proc = subprocess.run(
+        ["git", "status", "--porcelain=v1", "--ignored", "-z"], cwd=root, capture_output=True, timeout=60
+    )
+    if proc.returncode != 0:
+        return None
+    paths = set()
+    for entry in proc.stdout.decode(errors="replace").split("\0"):
+        path = entry[3:]
+        if entry[:2] in ("??", "!!") and not any(part.startswith(CACHE_PARTS) for part in Path(path).parts):
+            paths.add(path)
+    return paths

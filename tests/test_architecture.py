@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "jaxlm"
-COMMANDS = {"launch", "sweep", "compare", "generate", "evaluate", "export", "bench", "cli"}
+COMMANDS = {"launch", "sweep", "runs", "compare", "generate", "evaluate", "export", "bench", "cli"}
 
 # room -> the rooms it may import (besides itself); docs/architecture.md draws the same picture.
 ALLOWED = {

@@ -158,6 +158,7 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, trained, capsys):
     config = json.loads((trained / "config.json").read_text())
     config.pop("name")
@@ -169,6 +170,7 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, trained, capsys):
     assert snapshot(trained) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_after_validation(tmp_path, trained, capsys):
     out = tmp_path / "runs"
     shutil.copytree(trained, out / "run")
@@ -189,6 +191,7 @@ def test_resume_without_checkpoint(tmp_path, capsys):
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_unsafe_changes(tmp_path, trained, capsys):
     before = snapshot(trained)
     code = launch.main(["--resume", str(trained), "--quiet", "--set", "d_model=64", "--set", "max_iterations=8"])
@@ -202,6 +205,7 @@ def test_resume_refuses_unsafe_changes(tmp_path, trained, capsys):
     assert snapshot(trained) == before
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's other failed reads
 def test_corrupt_checkpoint_names_step_and_older_choice(tmp_path, trained, capsys):
     run_dir = tmp_path / "copy"

@@ -77,6 +77,7 @@ def torch_reference_params(v: int, d: int, layers: int, f: int) -> int:
     return v * d + layers * (4 * d * d + 3 * d * f + 2 * d) + d + d * v
 
 
+@pytest.mark.slow
 def test_json_line_has_every_key_with_sane_values(bench_line):
     r = bench_line
     assert set(KEYS) <= set(r)
@@ -93,6 +94,7 @@ def test_json_line_has_every_key_with_sane_values(bench_line):
     assert math.isfinite(r["final_loss"]) and abs(r["final_loss"] - math.log(TINY_MODEL["vocab_size"])) < 1.5
 
 
+@pytest.mark.slow
 def test_flops_per_token_is_the_torch_reference_count(bench_line, tiny_config):
     r = bench_line
     t = TINY_MODEL
@@ -106,6 +108,7 @@ def test_flops_per_token_is_the_torch_reference_count(bench_line, tiny_config):
         assert flops_per_token(c) == 6 * n + 12 * c.num_layers * c.context_length * c.d_model
 
 
+@pytest.mark.slow
 def test_markdown_table_row(bench_line):
     table = bench.suite_table([bench_line]).splitlines()
     assert table[0].startswith("| config | batch | dtype | compile_s | step_ms | tokens/s | GFLOP/s | MFU |")
@@ -143,6 +146,7 @@ def test_token_file_is_read_by_the_real_loader(tmp_path):
     assert int(tf.tokens.max()) == meta["max_token_id"] < 300
 
 
+@pytest.mark.slow
 def test_memory_mode_reports_both_peaks(tiny_file, tmp_path):
     code, out, err = run_main(
         [

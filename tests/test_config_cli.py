@@ -208,6 +208,7 @@ def test_missing_data_file_exits_2_before_writing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_on_tinystories_17m_reports_about_17m_non_embedding_params(tmp_path):
     proc = run_cli(
         ["--config", str(REPO_ROOT / "configs" / "tinystories_17m.json"), "--dry-run", "--output-dir", "out"],
@@ -225,6 +226,11 @@ def test_dry_run_on_tinystories_17m_reports_about_17m_non_embedding_params(tmp_p
     resolved = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
     assert resolved["vocab_size"] == 10000 and resolved["d_ff"] == 1344 and resolved["context_length"] == 256
     assert resolved["train_data_path"] == "data/tinystories/train.npy"
+    missing = "data: train_data_path 'data/tinystories/train.npy': MISSING; make it with: "
+    assert missing + "python -m jaxlm.data download tinystories --dir data/raw && python -m jaxlm.data prepare" in (
+        proc.stdout
+    )
+    assert "--vocab-size 10000 --out data/tinystories" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 
@@ -248,6 +254,26 @@ def test_dry_run_shows_overrides_and_description(tmp_path, capsys):
     assert "run: ok" in out  # --name defaults to the config file's stem
     assert '"d_model": 64' in out and '"description": "probe"' in out
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_estimate_times_a_probe_step_and_a_missing_file_names_its_command(tmp_path, capsys):
+    cfg = write_config(tmp_path / "ok.json", max_iterations=1000, eval_interval=100)
+    args = ["--config", str(cfg), "--output-dir", str(tmp_path / "out")]
+    assert launch.main([*args, "--dry-run", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"estimate: ([\d,.]+) ms per step \(median of 3.*\) -> about [\d.]+ h \(([\d,]+) s\) for 1,000", out)
+    assert m, out
+    step_ms, total_s = (float(g.replace(",", "")) for g in m.groups())
+    assert total_s >= 1000 * step_ms / 1e3 * 0.99  # the steps, and the 11 evaluations on top
+    assert "data: train_data_path" in out and "present" in out  # the bundled sample
+    assert not (tmp_path / "out").exists()
+    assert launch.main([*args, "--estimate"]) == EXIT_USAGE  # only with --dry-run
+    assert "--estimate" in capsys.readouterr().err
+
+    npy = write_config(tmp_path / "npy.json", train_data_path="data/owt/train.npy", val_data_path="data/owt/valid.npy")
+    assert launch.main(["--config", str(npy), "--output-dir", str(tmp_path / "out")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "make it with: python -m jaxlm.data download owt --dir data/raw" in err
 
 
 # ---------------------------------------------------------------- the docs document every key and flag

@@ -24,6 +24,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_quick_training_on_bundled_sample_lowers_loss(tmp_path, capsys):
     cfg = write_config(
         tmp_path / "tiny.json",
@@ -94,6 +95,7 @@ def test_quick_training_on_bundled_sample_lowers_loss(tmp_path, capsys):
     assert "validation loss:" in stdout and "bits/byte" in stdout and str(run_dir) in stdout
 
 
+@pytest.mark.slow
 def test_training_on_a_synthetic_npy_file(tmp_path, capsys):
     """A .npy token file with no tokenizer: a repeating pattern the model learns fast; no samples."""
     pattern = np.random.default_rng(0).integers(0, 64, size=17)

@@ -254,7 +254,7 @@ CASES = {
     "sweep-report-not-ours": Case(
         "sweep",
         lambda w, f: (
-            mine(w / "runs" / "p_sweep.md"),
+            mine(w / "runs" / ".reports" / "p_sweep.md"),
             [
                 "--config",
                 config_file(w, RUN),
@@ -419,6 +419,7 @@ def losses(run: Path) -> list[tuple]:
     return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in rows]
 
 
+@pytest.mark.slow
 def test_two_concurrent_launches_of_one_name(tmp_path, finished):
     """The second is refused within seconds; the first finishes bit-identical to a lone run."""
     (tmp_path / "run.json").write_text(json.dumps(RUN))
@@ -462,6 +463,7 @@ def test_a_signal_during_compile_is_one_line_and_leaves_nothing(tmp_path, sig, c
     assert not (tmp_path / "runs" / "run").exists()  # the claimed directory is taken back
 
 
+@pytest.mark.slow
 def test_two_signals_before_the_first_checkpoint_say_so_and_sweep_restarts(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({**RUN, "max_iterations": 100000, "checkpoint_interval": 100000}))
     proc = cli("jaxlm.launch", "--config", str(tmp_path / "run.json"), "--output-dir", str(tmp_path), "--quiet")
@@ -486,6 +488,7 @@ def test_two_signals_before_the_first_checkpoint_say_so_and_sweep_restarts(tmp_p
     assert action == ("resume" if saved_checkpoint_steps(run) else "restart"), action
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_shows_as_killed(tmp_path):
     from jaxlm.tracking.runs import load_run
 
@@ -499,6 +502,7 @@ def test_kill_9_mid_run_shows_as_killed(tmp_path):
     assert load_run(run).status == runlock.KILLED
 
 
+@pytest.mark.slow
 def test_disk_full_while_training_is_one_line(tmp_path, capsys, monkeypatch):
     """ENOSPC (simulated: the metrics writer's disk fills at the 4th row) ends the run with one line, exit 1."""
     import errno
@@ -534,6 +538,7 @@ def _staging(work: Path) -> list[str]:
     return sorted(p.name for p in work.iterdir() if p.name.startswith(".prepared."))
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_data_prepare_leaves_nothing_and_a_killed_one_is_cleaned_up(tmp_path):
     _big_text(tmp_path / "train.txt", 24)
     argv = ["jaxlm.data", *_data_prepare(tmp_path, (tmp_path / "train.txt").read_bytes())[:-1]]
@@ -592,6 +597,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_before_a_checkpoint_save_is_one_line_and_resumable(small_disk):
     """A real full disk (tmpfs) at a checkpoint save: one line, exit 1, the previous checkpoint intact and no
     half-written one; once there is space again the run resumes from it and completes."""

@@ -39,6 +39,7 @@ def run_python(args: list[str], **env_changes) -> str:
     ).stdout
 
 
+@pytest.mark.slow
 def test_jaxlm_commands_reexecute_with_huge_pages_unless_told_not_to():
     def state(**env) -> str:
         out = run_python(["-m", "jaxlm.launch", "--config", "configs/quickstart.json", "--dry-run"], **env)
@@ -78,6 +79,7 @@ def test_importing_jaxlm_imports_no_jax():
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not THP.exists() or "[never]" in THP.read_text(), reason="needs transparent huge pages (Linux)")
 def test_huge_pages_stop_xla_faulting_its_buffers_in_on_every_call():
     calls = lambda **env: run_python(["-c", FAULTS_PER_CALL], **env).split()
@@ -88,6 +90,7 @@ def test_huge_pages_stop_xla_faulting_its_buffers_in_on_every_call():
     assert float(tuned) < float(system) / 20  # measured: about 180 (2 MiB pages)
 
 
+@pytest.mark.slow
 def test_compilation_cache_goes_to_jaxlm_cache_dir_unless_jax_has_one(tmp_path):
     code = "from jaxlm.runtime import enable_compilation_cache; print(enable_compilation_cache())"
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}

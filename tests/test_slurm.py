@@ -220,7 +220,7 @@ def test_sweep_as_a_job_array_reports_like_a_local_sweep(config_file, tmp_path):
     first = subprocess.run(cmd + args, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     job = re.search(r"submitted SLURM job array (\d+)", first.stdout)[1]
-    script = (tmp_path / "slurm" / "sw_sweep.sbatch").read_text()
+    script = (tmp_path / "slurm" / ".reports" / "sw_sweep.sbatch").read_text()
     assert "#SBATCH --array=0,1,2%2" in script and script.count("--resume-if-exists") == 3
     elements = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i"], env=ENV, capture_output=True, text=True)
     assert len(elements.stdout.split()) in (0, 1, 2, 3)
@@ -229,4 +229,6 @@ def test_sweep_as_a_job_array_reports_like_a_local_sweep(config_file, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     statuses = {p.name: summary(p)["status"] for p in (tmp_path / "slurm").iterdir() if (p / "summary.json").exists()}
     assert sorted(statuses.values()) == ["completed", "completed", "diverged"]
-    assert report_rows(tmp_path / "slurm" / "sw_sweep.md") == report_rows(tmp_path / "local" / "sw_sweep.md")
+    assert report_rows(tmp_path / "slurm" / ".reports" / "sw_sweep.md") == report_rows(
+        tmp_path / "local" / ".reports" / "sw_sweep.md"
+    )

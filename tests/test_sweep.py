@@ -1,6 +1,7 @@
 """Sweeps: grid expansion and names, --constant-tokens, --dry-run, diverged/failed points recorded
 while the sweep goes on, re-runs skip finished points and resume interrupted ones, the PNG +
-table + one grouped EXPERIMENT_LOG.md entry, and one real point run through `jaxlm.launch`."""
+table (in `<output-dir>/.reports/`) + one grouped EXPERIMENT_LOG.md entry, not repeated by a re-run,
+and one real point run through `jaxlm.launch`."""
 
 from __future__ import annotations
 
@@ -164,16 +165,16 @@ def test_sweep_records_diverged_and_failed_points_and_reruns_resume(base, tmp_pa
     assert main(args, runner=fake) == 1  # not every point finished
     assert len(fake.commands) == 4  # the failed and diverged points did not stop the sweep
 
-    table = (out / "lr_sweep.md").read_text()
+    table = (out / ".reports" / "lr_sweep.md").read_text()
     rows = {
         line.split("|")[2].strip(): line
         for line in table.splitlines()
         if line.startswith("| ") and "learning_rate=" in line
     }
-    assert "**DIVERGED** at step 9" in rows["[learning_rate=1](lr_learning_rate=1)"]
-    assert "failed" in rows["[learning_rate=1e-2](lr_learning_rate=1e-2)"]
-    assert "**best**" in rows["**[learning_rate=1e-3](lr_learning_rate=1e-3)**"]  # 3e-3 was interrupted
-    assert (out / "lr_sweep.png").stat().st_size > 1000
+    assert "**DIVERGED** at step 9" in rows["[learning_rate=1](../lr_learning_rate=1)"]
+    assert "failed" in rows["[learning_rate=1e-2](../lr_learning_rate=1e-2)"]
+    assert "**best**" in rows["**[learning_rate=1e-3](../lr_learning_rate=1e-3)**"]  # 3e-3 was interrupted
+    assert (out / ".reports" / "lr_sweep.png").stat().st_size > 1000
     assert log.read_text().count("\n## ") == 1 and "sweep lr · 4 points" in log.read_text()
 
     # Again: finished points skipped, the interrupted one resumed, the failed one left alone.
@@ -184,18 +185,26 @@ def test_sweep_records_diverged_and_failed_points_and_reruns_resume(base, tmp_pa
     assert "--no-experiment-log" in fake2.commands[0]
     rows = {
         line.split("|")[2].strip(): line
-        for line in (out / "lr_sweep.md").read_text().splitlines()
+        for line in (out / ".reports" / "lr_sweep.md").read_text().splitlines()
         if line.startswith("| ") and "learning_rate=" in line
     }
-    assert "**best**" in rows["**[learning_rate=3e-3](lr_learning_rate=3e-3)**"]  # 1.42 after resuming
+    assert "**best**" in rows["**[learning_rate=3e-3](../lr_learning_rate=3e-3)**"]  # 1.42 after resuming
     assert log.read_text().count("\n## ") == 2
 
     # --retry-failed starts the failed point again, with --overwrite.
     fake3 = FakeLaunch({"1e-2": "completed"})
     assert main(args + ["--retry-failed"], runner=fake3) == 0  # all completed or diverged: a finished sweep
     assert len(fake3.commands) == 1 and fake3.commands[0][-1] == "--overwrite"
+    assert log.read_text().count("\n## ") == 3
+
+    # The finished sweep once more: nothing runs, the report is redrawn, the log gets no second copy.
+    fake4 = FakeLaunch({})
+    assert main(args, runner=fake4) == 0 and fake4.commands == []
+    assert log.read_text().count("\n## ") == 3
+    assert all((p / "summary.json").is_file() for p in out.glob("lr_*"))  # a run glob finds runs alone
 
 
+@pytest.mark.slow
 def test_one_real_point_through_launch(base, tmp_path, capsys):
     out = tmp_path / "runs"
     assert (
@@ -220,8 +229,8 @@ def test_one_real_point_through_launch(base, tmp_path, capsys):
     summary = json.loads((out / "real_learning_rate=2e-3" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 4
     assert json.loads((out / "real_learning_rate=2e-3" / "config.json").read_text())["learning_rate"] == 2e-3
-    assert "**best**" in (out / "real_sweep.md").read_text()
-    assert not (tmp_path / "EXPERIMENT_LOG.md").exists()
+    assert "**best**" in (out / ".reports" / "real_sweep.md").read_text()
+    assert not (tmp_path / "EXPERIMENT_LOG.md").exists() and not (out / "EXPERIMENT_LOG.md").exists()
 
 
 def test_points_that_fail_before_their_run_begins_are_failed_in_the_table_and_draw_no_plot(base, tmp_path, capsys):
@@ -231,7 +240,17 @@ def test_points_that_fail_before_their_run_begins_are_failed_in_the_table_and_dr
     args = ["--config", str(base), "--grid", "learning_rate=1e-3,3e-3", "--name-prefix", "f"]
     args += ["--output-dir", str(out), "--no-experiment-log"]
     assert main(args, runner=lambda command: 2) == 1
-    table = (out / "f_sweep.md").read_text()
+    table = (out / ".reports" / "f_sweep.md").read_text()
     assert table.count("| failed |") == 2 and "not started" not in table
-    assert not (out / "f_sweep.png").exists() and not (out / "f_by_value.png").exists()
+    assert not (out / ".reports" / "f_sweep.png").exists() and not (out / ".reports" / "f_by_value.png").exists()
     assert "failed (exit 2)" in capsys.readouterr().out
+
+
+def test_slurm_args_may_be_one_option_that_starts_with_a_dash():
+    from jaxlm.sweep import parse_args
+
+    args = parse_args(["--config", "c.json", "--grid", "seed=1,2", "--slurm", "--slurm-args", "--cpus-per-task=1"])
+    assert args.slurm_args == "--cpus-per-task=1" and args.slurm
+    assert parse_args(["--config", "c.json", "--slurm", "--slurm-args", "--time=1:00 -p gpu"]).slurm_args == (
+        "--time=1:00 -p gpu"
+    )

@@ -9,6 +9,12 @@ starts that file over. A complete file whose ETag still matches the Hub's is not
 `--endpoint`, else `$HF_ENDPOINT`, else huggingface.co; `$HF_TOKEN` authenticates (gated or
 private mirrors); the progress bar is huggingface_hub's. Every failure is one line
 (DataError): unreachable endpoint, HTTP errors such as 404, a full disk, a cut transfer.
+
+Before each file, one metadata request of our own (`reachable`), with a short timeout and
+CONNECT_RETRIES quick retries (a log line each): huggingface_hub's own backoff waits about 25 s
+before it gives up on a refused connection or a failed DNS lookup, a long silence offline. A
+failed command leaves nothing it created: no empty `<dir>`, no `<dir>/.cache/huggingface/`
+unless a file was completed.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
 
 from jaxlm.errors import DataError
@@ -23,6 +31,8 @@ from jaxlm.errors import DataError
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+CONNECT_RETRIES = (1.0, 2.0)  # seconds before each retry of an unreachable endpoint: gives up in ~3 s
+CONNECT_TIMEOUT_S = 10.0  # a metadata request's timeout (the Hub answers one in well under a second)
 DATASETS = {
     "tinystories": ("roneneldan/TinyStories", ("TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt")),
     "owt": ("stanford-cs336/owt-sample", ("owt_train.txt.gz", "owt_valid.txt.gz")),
@@ -69,6 +79,29 @@ def explain(error: Exception, repo: str, filename: str, endpoint: str) -> DataEr
     return DataError(f"download {where}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
 
 
+def reachable(repo: str, filename: str, endpoint: str, waits=CONNECT_RETRIES) -> None:
+    """Ask the endpoint for the file's metadata, retrying a failed connection after each of `waits`
+    seconds (one log line per retry); DataError when it stays unreachable. HTTP errors are left to
+    the download, which words them (see `explain`)."""
+    import httpx2
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo, filename, repo_type="dataset", endpoint=endpoint)
+    for attempt, wait in enumerate((*waits, None), start=1):
+        try:
+            get_hf_file_metadata(url, timeout=CONNECT_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
+            return
+        except httpx2.TransportError as e:  # refused, DNS failed, timed out: nothing answered
+            if wait is None:
+                raise _unreachable(endpoint, type(e).__name__) from None
+            log.warning(
+                "cannot reach %s (%s): retry %d of %d in %.0f s", endpoint, type(e).__name__, attempt, len(waits), wait
+            )
+            time.sleep(wait)
+        except Exception:  # noqa: BLE001 - the endpoint answered (an HTTP status): the download words it
+            return
+
+
 def download_file(repo: str, filename: str, out_dir: Path, *, endpoint: str, progress: bool = False) -> Path:
     """`<out_dir>/<filename>` from the dataset repo `repo`, resumed and cached by huggingface_hub."""
     import httpx2
@@ -84,9 +117,12 @@ def download_file(repo: str, filename: str, out_dir: Path, *, endpoint: str, pro
     for name, level in quiet.items():
         logging.getLogger(name).setLevel(level)
     try:
+        reachable(repo, filename, endpoint)  # DataError, one line, within seconds when unreachable
         path = hf_hub_download(
             repo_id=repo, filename=filename, repo_type="dataset", local_dir=out_dir, endpoint=endpoint
         )
+    except DataError:
+        raise
     except (OSError, httpx2.HTTPError, ValueError) as e:  # HfHubHTTPError is an httpx2.HTTPStatusError
         raise explain(e, repo, filename, endpoint) from None
     finally:
@@ -106,5 +142,24 @@ def download_dataset(
     endpoint = (endpoint or default_endpoint()).rstrip("/")
     repo, files = DATASETS[name]
     out_dir = Path(out_dir)
+    made_dir, made_cache = not out_dir.exists(), not (out_dir / ".cache" / "huggingface").exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [download_file(repo, f, out_dir, endpoint=endpoint, progress=progress) for f in files]
+    done: list[Path] = []
+    try:
+        for f in files:
+            done.append(download_file(repo, f, out_dir, endpoint=endpoint, progress=progress))
+    except BaseException:
+        if made_cache and not done:
+            shutil.rmtree(out_dir / ".cache" / "huggingface", ignore_errors=True)
+            _remove_if_empty(out_dir / ".cache")
+        if made_dir:
+            _remove_if_empty(out_dir)
+        raise
+    return done
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (or already gone): keep it

@@ -69,13 +69,47 @@ def source_paths(c: Config) -> tuple[Path, Path]:
     return Path(c.train_data_path or train), Path(c.val_data_path or val)
 
 
+def how_to_make(path: Path, c: Config) -> str:
+    """The commands that make a missing data file: for the documented layout (`data/<dataset>/train.npy`,
+    `valid.npy`, from `data/raw/`, docs/cs336-workflow.md) the download and the preparation, else the
+    preparation with placeholders for the text files."""
+    from jaxlm.data.download import DATASETS
+
+    prepare = "python -m jaxlm.data prepare --train {train} --valid {valid} --vocab-size {vocab} --out {out}"
+    if path.suffix == ".npy":
+        if path.parent.name in DATASETS and path.name in ("train.npy", "valid.npy"):
+            train, valid = (f"data/raw/{f}" for f in DATASETS[path.parent.name][1])
+            download = f"python -m jaxlm.data download {path.parent.name} --dir data/raw"
+            return download + " && " + prepare.format(train=train, valid=valid, vocab=c.vocab_size, out=path.parent)
+        return prepare.format(train="TRAIN.txt", valid="VALID.txt", vocab=c.vocab_size, out=path.parent)
+    known = {f: name for name, (_, files) in DATASETS.items() for f in files}
+    if path.name in known:
+        return f"python -m jaxlm.data download {known[path.name]} --dir {path.parent}"
+    return "point the key at an existing .txt or .npy file"
+
+
+def data_report(c: Config) -> list[str]:
+    """`--dry-run`'s data lines: each configured file, present or missing (with `how_to_make`)."""
+    try:
+        paths = source_paths(c)
+    except DataError as e:
+        return [f"data: {e}"]
+    lines = []
+    for key, path in zip(("train_data_path", "val_data_path"), paths):
+        state = "present" if path.is_file() else f"MISSING; make it with: {how_to_make(path, c)}"
+        lines.append(f"data: {key} '{path}': {state}")
+    return lines
+
+
 def check_sources(c: Config) -> None:
     """Fail fast (before anything is written) when a configured data file is missing."""
     for key, path in zip(("train_data_path", "val_data_path"), source_paths(c)):
         if path.is_dir():
             raise DataError(f"config key '{key}': data file '{path}' is a directory, not a file")
         if not path.is_file():
-            raise DataError(f"config key '{key}': data file '{path}' does not exist")
+            raise DataError(
+                f"config key '{key}': data file '{path}' does not exist; make it with: {how_to_make(path, c)}"
+            )
         if path.suffix not in (".txt", ".npy"):
             raise DataError(f"config key '{key}': '{path}' is neither a .txt nor a .npy file")
 

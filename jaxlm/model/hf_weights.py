@@ -99,7 +99,7 @@ def llama_config(config: Config, eos_id: int | None) -> dict:
         "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
-        "pad_token_id": None,
+        "pad_token_id": eos_id,  # no pad token of its own: batched generation pads with end-of-text, as GPT-2
         "initializer_range": 0.02,
         "pretraining_tp": 1,
         "use_cache": True,
@@ -133,7 +133,9 @@ def export_hf(params, config: Config, tokenizer_files: dict[str, dict], eos_id: 
     save_file(tensors, str(tmp), metadata={"format": "pt", "jaxlm_config": json.dumps(config.to_dict())})
     tmp.rename(out / "model.safetensors")
     _write_json(out / "config.json", llama_config(config, eos_id))
-    _write_json(out / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
+    _write_json(
+        out / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
+    )
     for name, content in tokenizer_files.items():
         _write_json(out / name, content)
     return out

@@ -7,9 +7,11 @@ running, diverged and crashed runs compare as well as finished ones.
 from __future__ import annotations
 
 import glob
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxlm.tracking.evals import full_val_loss
 from jaxlm.tracking.fmt import markdown_table, number, write_text
 from jaxlm.tracking.outputs import OutputError, check_output_files
 from jaxlm.tracking.plots import plot_comparison
@@ -27,18 +29,29 @@ TABLE_COLUMNS = (
     "tokens",
     "wall-clock (s)",
     "tokens/s",
+    "final val bpb",
 )
+FULL_VAL_COLUMN = "full val loss"  # only when a run has one (final_eval "full" or jaxlm evaluate)
+NUMBER = re.compile(r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
 
 
-def expand_run_paths(patterns: Sequence[str | Path]) -> list[Path]:
+def natural_key(path: Path) -> list:
+    """Sort key of a run name with its numbers as numbers: `lr_1e-3` < `lr_5e-3` < `lr_3e-2`."""
+    parts = NUMBER.split(path.name)
+    return [(1, float(p), "") if i % 2 else (0, 0.0, p) for i, p in enumerate(parts)]
+
+
+def expand_run_paths(patterns: Sequence[str | Path], keep_unmatched: bool = False) -> list[Path]:
     """Paths with shell-style globs expanded (for quoted globs and shells that do not expand them).
-    A glob keeps only the directories it matches (`runs/lr_*` may also match `runs/lr_comparison.png`)."""
+    A glob keeps only the directories it matches (`runs/lr_*` may also match `runs/lr_comparison.png`);
+    one that matches none is NotARunError, or with `keep_unmatched` stays as the path it spells."""
     paths: list[Path] = []
     for pattern in map(str, patterns):
         if glob.has_magic(pattern):
-            matches = sorted(m for m in glob.glob(pattern) if Path(m).is_dir())
-            if not matches:
+            matches = sorted((m for m in glob.glob(pattern) if Path(m).is_dir()), key=lambda m: natural_key(Path(m)))
+            if not matches and not keep_unmatched:
                 raise NotARunError(f"'{pattern}' matches no run directory")
+            matches = matches or [pattern]
             paths += [Path(m) for m in matches]
         else:
             paths.append(Path(pattern))
@@ -65,14 +78,24 @@ def table_row(run: RunRecord, name: str) -> list[str]:
         number(tokens, ",.0f"),
         number(wall, ".1f"),
         number(run.mean_tokens_per_sec(), ",.0f"),
+        number(run.final("val_bpb"), ".3f", finite_only=True),
     ]
 
 
 def runs_table(runs: Sequence[RunRecord], names: Sequence[str]) -> str:
-    """One row per run; besides TABLE_COLUMNS, one column per config key whose value differs between the runs."""
+    """One row per run; besides TABLE_COLUMNS, the full-validation loss when a run has one, and one column per
+    config key whose value differs between the runs."""
     keys = differing_config_keys(runs) if len(runs) > 1 else []
-    header = [*TABLE_COLUMNS, *(f"`{k}`" for k in keys)]
-    rows = [[*table_row(run, name), *(config_cell(run, k) for k in keys)] for run, name in zip(runs, names)]
+    full = any(full_val_loss(run.summary) is not None for run in runs)
+    header = [*TABLE_COLUMNS, *([FULL_VAL_COLUMN] if full else []), *(f"`{k}`" for k in keys)]
+    rows = [
+        [
+            *table_row(run, name),
+            *([number(full_val_loss(run.summary), ".4f", finite_only=True)] if full else []),
+            *(config_cell(run, k) for k in keys),
+        ]
+        for run, name in zip(runs, names)
+    ]
     return markdown_table(header, rows)
 
 

@@ -1,5 +1,8 @@
 """EXPERIMENT_LOG.md: one markdown entry appended per finished run, whatever its status.
 
+It lives with the runs it describes (`<output-dir>/EXPERIMENT_LOG.md`, git-ignored like them), so
+that a checkout holds no one's notebook and a `git pull` never conflicts with it.
+
 The file is a lab notebook: entries are only ever appended (never rewritten),
 under an exclusive `fcntl.flock`, in one write, so two runs ending at once
 cannot interleave. Each entry ends with an empty "Observations" heading for the
@@ -22,8 +25,13 @@ HEADER = "# Experiment log\n\nOne entry per run, appended when the run ends. Fil
 
 
 def default_log_path(output_dir: str | Path) -> Path:
-    """EXPERIMENT_LOG.md beside the runs folder: `runs/` -> `./EXPERIMENT_LOG.md`."""
-    return Path(output_dir).resolve().parent / "EXPERIMENT_LOG.md"
+    """EXPERIMENT_LOG.md inside the runs folder: `runs/` -> `runs/EXPERIMENT_LOG.md`."""
+    return Path(output_dir).resolve() / "EXPERIMENT_LOG.md"
+
+
+def entry_marker(key: str) -> str:
+    """The invisible line that identifies an entry by `key` (see `append_entry`)."""
+    return f"<!-- jaxlm entry {key} -->"
 
 
 def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_file: str | None) -> list[str]:
@@ -104,17 +112,25 @@ def format_entry(
     return "\n".join(lines)
 
 
-def append_entry(log_path: str | Path, entry: str) -> None:
-    """Append `entry` under an exclusive lock; write the header first if the file is new or empty."""
+def append_entry(log_path: str | Path, entry: str, key: str | None = None) -> bool:
+    """Append `entry` under an exclusive lock; write the header first if the file is new or empty.
+    With `key`, the entry carries `entry_marker(key)` and is not appended again when the log already
+    holds that marker (a finished sweep run again reports the same runs). True when it was appended."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as f:
+    with open(log_path, "a+", encoding="utf-8") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
+            if key is not None:
+                f.seek(0)
+                if entry_marker(key) in f.read():
+                    return False
+                entry = entry_marker(key) + "\n" + entry
             f.seek(0, os.SEEK_END)
             text = entry if f.tell() > 0 else HEADER + "\n" + entry
             f.write(text if text.endswith("\n") else text + "\n")
             f.flush()
             os.fsync(f.fileno())
+            return True
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -155,6 +155,40 @@ def summary_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+PROGRESS_WINDOW = 10  # rows the rate of a running run is measured over: recent, so compile time drops out
+RUNNING_ONLY = ("steps_per_sec", "eta_s")  # progress fields that mean nothing once a run has ended
+
+
+def progress_fields(summary: dict[str, Any], rows: list[dict[str, Any]], planned_steps: Any) -> dict[str, Any]:
+    """summary.json's fields of a running run, refreshed at each logged row so that `jaxlm runs` (and
+    anyone) can tell where it is without reading its metrics: `current_step`, `planned_steps`,
+    `wallclock_s`, the latest and best validation loss so far, `steps_per_sec` over the last
+    PROGRESS_WINDOW rows and `eta_s`, the time to `planned_steps` at that rate. Constant work per row."""
+    last = rows[-1]
+    step = int(last["step"])
+    out: dict[str, Any] = {
+        "current_step": step,
+        "planned_steps": planned_steps,
+        "wallclock_s": last.get("wallclock_s"),
+        "updated_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    val = as_float(last.get("val_loss"))
+    if val is not None:
+        out.update(latest_val_loss=val, latest_val_step=step, latest_val_bpb=last.get("val_bpb"))
+        best = as_float(summary.get("best_val_loss"))
+        if math.isfinite(val) and (best is None or val < best):
+            out.update(best_val_loss=val, best_val_step=step)
+    first = rows[max(0, len(rows) - 1 - PROGRESS_WINDOW)]
+    walls = as_float(first.get("wallclock_s")), as_float(last.get("wallclock_s"))
+    rate = None
+    if None not in walls and walls[1] > walls[0] and step > int(first["step"]):
+        rate = (step - int(first["step"])) / (walls[1] - walls[0])
+    out["steps_per_sec"] = rate
+    planned = as_float(planned_steps)
+    out["eta_s"] = max(0.0, (planned - step) / rate) if rate and planned is not None else None
+    return out
+
+
 def segment_record(from_step: int) -> dict[str, Any]:
     """One start of a run (the first, or a resume) for summary.json's `segments`: when, from which step,
     and, under SLURM, which job and how many times SLURM had requeued it (SLURM_RESTART_COUNT)."""

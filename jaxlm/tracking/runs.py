@@ -20,6 +20,7 @@ from jaxlm.tracking.fmt import as_float
 from jaxlm.tracking.records import META_KEYS
 
 RUN_MARKERS = ("metrics.jsonl", "metrics.csv")
+REPORT_DIR = ".reports"  # hidden: a run-directory glob (`runs/*`, `runs/lr_*`) never picks a report up
 
 
 class NotARunError(ValueError):
@@ -29,6 +30,11 @@ class NotARunError(ValueError):
 def is_run_dir(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and any((path / m).is_file() for m in RUN_MARKERS)
+
+
+def report_dir(output_dir: str | Path) -> Path:
+    """Where reports on the runs in `output_dir` go: sweep reports (and SLURM files), default comparisons."""
+    return Path(output_dir) / REPORT_DIR
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""A sweep's write-up, read from its points' run directories: `<prefix>_sweep.png` (train and
+"""A sweep's write-up, read from its points' run directories, in `<output-dir>/.reports/` (hidden, so a
+run-directory glob such as `runs/lr_*` or `runs/*` never picks a report up): `<prefix>_sweep.png` (train and
 validation curves, every point), `<prefix>_by_value.png` (validation loss against the swept value, or
 a heat map for two keys; `jaxlm.tracking.sweep_plots`), one markdown table (best point and diverged
 points marked, the config keys that differ, the full-validation loss when measured), and one grouped
@@ -7,6 +8,8 @@ entry in EXPERIMENT_LOG.md."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ from jaxlm.tracking.evals import full_val_loss
 from jaxlm.tracking.explog import append_entry
 from jaxlm.tracking.fmt import markdown_table, number, write_text
 from jaxlm.tracking.outputs import OutputError
-from jaxlm.tracking.runs import RunRecord, config_cell, differing_config_keys, is_run_dir, load_run
+from jaxlm.tracking.runs import RunRecord, config_cell, differing_config_keys, is_run_dir, load_run, report_dir
 from jaxlm.tracking.sweep_plots import PointCurves, ValuePoint, numeric, plot_by_value, plot_heatmap, plot_sweep_curves
 
 COLUMNS = (
@@ -155,7 +158,7 @@ def write_figures(points: Sequence, runs: dict[str, RunRecord | None], output_di
 
 def report_paths(output_dir: Path, prefix: str) -> list[Path]:
     """The files a sweep's report writes: `<prefix>_sweep.md`, `_sweep.png`, `_by_value.png`."""
-    return [Path(output_dir) / f"{prefix}{suffix}" for suffix in ("_sweep.md", "_sweep.png", "_by_value.png")]
+    return [report_dir(output_dir) / f"{prefix}{suffix}" for suffix in ("_sweep.md", "_sweep.png", "_by_value.png")]
 
 
 def check_report_outputs(output_dir: Path, prefix: str, force: bool = False) -> None:
@@ -186,26 +189,28 @@ def write_report(
     experiment_log: Path | None,
     outcomes: dict[str, str] | None = None,
 ) -> SweepReport:
-    """Write `<output_dir>/<prefix>_sweep.png` and `.md`; append the log entry unless `experiment_log` is None.
+    """Write `<output_dir>/.reports/<prefix>_sweep.png` and `.md`; append the log entry unless `experiment_log`
+    is None, or the log already holds this sweep's entry for the same runs (a finished sweep run again).
     `outcomes` ({point: status}) is what the sweep saw of points that left no run directory (a launch
     that failed before its run began), so the table says "failed" as the console did."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    reports = report_dir(output_dir)
+    reports.mkdir(parents=True, exist_ok=True)
     runs = {p.name: load_run(output_dir / p.name) if is_run_dir(output_dir / p.name) else None for p in points}
     outcomes = outcomes or {}
     statuses = {
         name: (run.status if run is not None else outcomes.get(name, "not started")) for name, run in runs.items()
     }
     best = _best_point(runs)
-    figures = write_figures(points, runs, output_dir, prefix)
+    figures = write_figures(points, runs, reports, prefix)
     png = figures[0] if figures else None
-    table = sweep_table(points, runs, best, link_base=output_dir, outcomes=outcomes)
+    table = sweep_table(points, runs, best, link_base=reports, outcomes=outcomes)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(_count(statuses.values()).items()))
     best_line = "none (no point finished with a validation loss)"
     if best is not None:
         step, loss = runs[best].best("val_loss")
         best_line = f"`{best}` (val loss {loss:.4f} at step {step})"
-    markdown = output_dir / f"{prefix}_sweep.md"
+    markdown = reports / f"{prefix}_sweep.md"
     write_text(
         markdown,
         f"# Sweep `{prefix}`: {len(points)} points ({counts})\n\n"
@@ -227,9 +232,21 @@ def write_report(
                 Path(experiment_log),
                 outcomes,
             ),
+            key=_entry_key(prefix, points, runs, outcomes),
         )
     by_value = figures[1] if len(figures) > 1 else None
     return SweepReport(png, markdown, by_value, sweep_table(points, runs, best, outcomes=outcomes), statuses, best)
+
+
+def _entry_key(prefix: str, points: Sequence, runs: dict[str, RunRecord | None], outcomes: dict[str, str]) -> str:
+    """Identifies a sweep's log entry by what it reports: each point's status and when its run ended, so a
+    sweep run again over the same finished runs adds no second entry, and one that ran anything does."""
+    seen = []
+    for p in points:
+        run = runs[p.name]
+        ended = run.summary.get("end_time") if run is not None else None
+        seen.append([p.name, run.status if run is not None else outcomes.get(p.name), ended])
+    return f"sweep {prefix} " + hashlib.sha256(json.dumps(seen, default=str).encode()).hexdigest()[:16]
 
 
 def _count(values) -> dict[str, int]:

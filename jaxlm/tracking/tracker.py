@@ -28,10 +28,12 @@ from jaxlm.tracking.outputs import OutputError
 from jaxlm.tracking.records import (
     META_KEYS,
     METRIC_COLUMNS,
+    RUNNING_ONLY,
     STATUSES,
     MetricFiles,
     config_to_dict,
     mfu,
+    progress_fields,
     run_metadata,
     segment_record,
     summary_from_rows,
@@ -230,6 +232,7 @@ class ExperimentTracker:
         row = {k: json_safe(v) for k, v in ordered.items()}
         self.rows.append(row)
         self.files.write(row)
+        self.write_progress()
         if self.tb is not None:
             _safely("TensorBoard scalars", lambda: self.tb.log_row(row))
         if self.wandb is not None:
@@ -237,6 +240,11 @@ class ExperimentTracker:
         if val_loss is not None:
             self.refresh()
         return row
+
+    def write_progress(self) -> None:
+        """summary.json's progress of a running run (records.progress_fields), at every logged row."""
+        planned = self.summary.get("max_iterations", self.config.get("max_iterations"))
+        self.write_summary(**progress_fields(self.summary, self.rows, planned))
 
     def _tokens_per_step(self) -> int | None:
         c = self.config
@@ -301,6 +309,8 @@ class ExperimentTracker:
             self.write_summary(status=status, **fields)
             return self.summary
         self._closed = True
+        for key in RUNNING_ONLY:
+            self.summary.pop(key, None)
         if fields.get("wallclock_s") is not None:
             fields["wallclock_s"] = float(fields["wallclock_s"]) + self.wallclock_offset
         derived = summary_from_rows(self.rows)

@@ -250,7 +250,7 @@ class TrainingLoop:
             steps=self.step,
             tokens=self.step * c.tokens_per_step,
             wallclock_s=meter.segment_elapsed(),
-            final_train_loss=meter.last_loss,
+            final_train_loss=last_row.get("train_loss", meter.last_loss),  # the last row's, as metrics.csv
             final_val_loss=last_row.get("val_loss"),
             final_val_perplexity=last_row.get("val_perplexity"),
             final_val_bpb=last_row.get("val_bpb"),

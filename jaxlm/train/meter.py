@@ -39,6 +39,7 @@ class Meter:
         self.losses: list[float] = list(window_losses)  # train losses since the last logged row
         self.last_loss = float("nan")
         self.last_row: dict = {}  # the latest row logged
+        self.last_val: float | None = None  # the latest validation loss, shown on the progress bar
 
     def pause(self, seconds: float) -> None:
         self.paused += seconds
@@ -66,7 +67,9 @@ class Meter:
         return (step - self.start_step) * self.c.tokens_per_step / max(seconds, 1e-9)
 
     def consume(self, step: int, metrics, evals: dict | None, guard: DivergenceGuard | None = None) -> bool:
-        """Read one step's metrics, log a row when due; False when `guard` finds the run diverged."""
+        """Read one step's metrics, log a row when due; False when `guard` finds the run diverged. A row's
+        `train_loss` is the mean over the steps since the previous row; the bar shows it with the latest
+        validation loss."""
         c = self.c
         m = jax.device_get(metrics)
         self.last_loss = float(m["loss"])
@@ -87,7 +90,9 @@ class Meter:
         }
         self.tracker.log_step(step, **row)
         self.last_row = {"step": step, **row}
-        self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+        self.last_val = row.get("val_loss", self.last_val)
+        val = {} if self.last_val is None else {"val": f"{self.last_val:.3f}"}
+        self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", **val, tok_s=f"{tok_s:,.0f}")
         self.losses.clear()
         self.last_time, self.last_step, self.paused = now, step, 0.0
         return ok

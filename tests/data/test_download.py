@@ -1,14 +1,18 @@
 """`python -m jaxlm.data download` through huggingface_hub, against a loopback server that answers the Hub's
 resolve URLs (HEAD + GET with X-Repo-Commit, ETag, Content-Length, Range): a transfer cut in the middle and
 resumed is byte-identical; $HF_ENDPOINT and $HF_TOKEN are honoured; 404, an unreachable endpoint and a full
-disk are one line each. Nothing leaves 127.0.0.1."""
+disk are one line each; a refused connection or a failed name lookup gives up after two short retries
+(a line each) and leaves nothing behind. Nothing leaves 127.0.0.1."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
 import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -153,15 +157,55 @@ def test_404_is_one_line(hub, tmp_path, capsys):
     assert (out / NAMES[0]).read_bytes() == hub.files[NAMES[0]]
 
 
-def test_unreachable_endpoint_is_one_clear_line(hub, tmp_path, capsys):
-    with socket.socket() as s:  # a port nobody listens on
+def unreachable_lines(capsys, caplog, endpoint: str) -> list[str]:
+    """What a download that could not connect says: a log line per retry (stderr, from the command),
+    then the one error line."""
+    lines = [r.getMessage() for r in caplog.records if r.name == "jaxlm.data.download"]
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("retry 1 of 2 in 1 s") and lines[1].endswith("retry 2 of 2 in 2 s")
+    err = one_line_error(capsys)
+    assert err.startswith(f"error: cannot reach {endpoint}") and "--endpoint" in err
+    return lines
+
+
+def test_a_refused_connection_gives_up_within_seconds_and_leaves_nothing(hub, tmp_path, capsys, caplog):
+    with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "raw"
+    t0 = time.monotonic()
     assert main(["download", "owt", "--dir", str(out), "--endpoint", f"http://127.0.0.1:{port}", "--quiet"]) == 2
-    err = one_line_error(capsys)
-    assert f"cannot reach http://127.0.0.1:{port}" in err and "--endpoint" in err
-    assert [p.name for p in out.iterdir()] == [".cache"]  # only huggingface_hub's lock files
+    assert time.monotonic() - t0 < 15  # two short retries (1 s, 2 s), not huggingface_hub's ~25 s backoff
+    assert "ConnectError" in unreachable_lines(capsys, caplog, f"http://127.0.0.1:{port}")[0]
+    assert not out.exists()  # no folder, no .cache/huggingface/
+    (out / "mine").mkdir(parents=True)  # a folder that was there stays, with what it held
+    assert main(["download", "owt", "--dir", str(out), "--endpoint", f"http://127.0.0.1:{port}", "--quiet"]) == 2
+    assert [p.name for p in out.iterdir()] == ["mine"]
+    capsys.readouterr()
+
+
+def test_the_command_prints_each_retry_on_stderr(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "jaxlm.data", "download", "owt", "--dir", str(tmp_path / "raw")]
+    proc = subprocess.run([*cmd, "--endpoint", f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 3 and "retry 2 of 2" in lines[1], proc.stderr
+    assert lines[2].startswith("error: cannot reach") and not (tmp_path / "raw").exists()
+
+
+def test_a_failed_name_lookup_gives_up_the_same_way(hub, tmp_path, capsys, caplog, monkeypatch):
+    """DNS failing (offline), simulated in-process so that no lookup leaves the machine."""
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    out = tmp_path / "raw"
+    assert main(["download", "owt", "--dir", str(out), "--endpoint", "http://hub.invalid", "--quiet"]) == 2
+    unreachable_lines(capsys, caplog, "http://hub.invalid")
+    assert not out.exists()
 
 
 def test_disk_full_is_one_line(hub, tmp_path, capsys, monkeypatch):

@@ -197,3 +197,12 @@ def test_cli_prints_samples_from_a_run(tiny_config, tmp_path, capsys, monkeypatc
     assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("Once upon") for s in samples)
     assert samples[0].split("\n", 1)[1] == samples[1].split("\n", 1)[1]  # greedy: identical
     assert main(["--run", str(run), "--checkpoint", "newest"]) == 2
+
+
+def test_help_text_names_each_default(capsys):
+    from jaxlm.generate import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: best)" in out and "(default: 256)" in out and "(default: 0.8)" in out

@@ -91,6 +91,7 @@ def test_hf_llama_numpy_forward_matches_jaxlm(tiny_config, tmp_path, tokenizer, 
     assert cfg["max_position_embeddings"] == c.context_length and cfg["tie_word_embeddings"] is tied
     assert not cfg["attention_bias"] and not cfg["mlp_bias"]
     assert cfg["bos_token_id"] == cfg["eos_token_id"] == tokenizer.token_to_id("<|endoftext|>")
+    assert cfg["pad_token_id"] == cfg["eos_token_id"]  # not null: generate() with padding works
 
     w = {k: v.astype(np.float64) for k, v in load_file(str(out / "model.safetensors")).items()}
     assert ("lm_head.weight" in w) is not tied

@@ -57,8 +57,9 @@ def test_compare_three_runs_with_a_glob(three_runs, tmp_path, capsys):
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert printed.split("\n\nwrote")[0].strip() in table
     lines = [line for line in table.splitlines() if line.startswith("| lr_")]
-    assert [line.split(" | ")[0] for line in lines] == ["| lr_1e-1", "| lr_1e-3", "| lr_3e-3"]
-    diverged, done, cut = (line.split(" | ") for line in lines)
+    assert [line.split(" | ")[0] for line in lines] == ["| lr_1e-3", "| lr_3e-3", "| lr_1e-1"]  # by value
+    done, cut, diverged = (line.split(" | ") for line in lines)
+    assert done[9].strip(" |") == f"{(6.0 / 20 + 1.1) / 2:.3f}"  # final val bits/byte
     assert done[2] == "completed" and done[3] == f"{6.0 / 20 + 1.1:.4f} (20)" and done[5] == "20"
     assert done[1] == "lr 0.001 \\| test"  # pipes in descriptions are escaped
     assert (
@@ -93,27 +94,39 @@ def test_names_and_metric(three_runs, tmp_path):
     assert "| base |" in table and "| fast |" in table and "val_bpb" in table
 
 
-def test_a_directory_that_is_not_a_run_is_a_one_line_error(three_runs, tmp_path, capsys):
+def test_paths_that_are_not_runs_are_skipped_with_one_warning_unless_none_is_left(three_runs, tmp_path, capsys):
     (tmp_path / "notes").mkdir()
-    code = compare.main([str(three_runs / "lr_1e-3"), str(tmp_path / "notes"), "-o", str(tmp_path / "x.png")])
+    (three_runs / "lr_sweep.png").write_bytes(b"png")  # what an unquoted `runs/lr_*` also hands over
+    args = [str(three_runs / "lr_1e-3"), str(tmp_path / "notes"), str(three_runs / "lr_sweep.png")]
+    assert compare.main([*args, "-o", str(tmp_path / "x.png")]) == 0
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "notes" in err
-    assert not (tmp_path / "x.png").exists()
-    assert compare.main([str(tmp_path / "nothing_*"), "-o", str(tmp_path / "x.png")]) == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("warning: skipped 2 path(s)")
+    assert "notes" in err and "lr_sweep.png" in err
+    assert "| lr_1e-3 |" in (tmp_path / "x.md").read_text()
+
+    assert compare.main([str(tmp_path / "notes"), str(tmp_path / "nothing_*"), "-o", str(tmp_path / "y.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: no run directory") and "nothing_*" in err
+    assert not (tmp_path / "y.png").exists()
     assert compare.main([str(three_runs / "lr_1e-3"), "--names", "a", "b", "-o", str(tmp_path / "x.png")]) == 2
+
+
+def test_without_o_the_output_goes_to_the_runs_reports_folder_not_the_current_directory(
+    three_runs, tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for _ in range(2):  # the default output is compare's own: replaced, not refused
+        assert compare.main([str(three_runs / "lr_1e-3"), str(three_runs / "lr_3e-3")]) == 0
+    assert list((tmp_path / "cwd").iterdir()) == []
+    assert (three_runs / ".reports" / "comparison.png").stat().st_size > 1000
+    assert "| lr_3e-3 |" in (three_runs / ".reports" / "comparison.md").read_text()
+    assert "wrote " + str(three_runs / ".reports" / "comparison.png") in capsys.readouterr().out
 
 
 def test_cli_entry_point(three_runs, tmp_path):
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxlm.compare",
-            str(three_runs / "lr_1e-3"),
-            str(tmp_path / "nope"),
-            "-o",
-            str(tmp_path / "c.png"),
-        ],
+        [sys.executable, "-m", "jaxlm.compare", str(tmp_path / "nope"), "-o", str(tmp_path / "c.png")],
         capture_output=True,
         text=True,
     )

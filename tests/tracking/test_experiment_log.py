@@ -62,10 +62,11 @@ def project(tmp_path, monkeypatch):
 
 def test_two_runs_append_two_entries_and_leave_the_first_unchanged(project):
     assert launch.main(["--config", "cfg.json", "--name", "a", "--quiet"]) == 0
-    first = (project / "EXPERIMENT_LOG.md").read_text()  # runs/ -> ./EXPERIMENT_LOG.md
+    first = (project / "runs" / "EXPERIMENT_LOG.md").read_text()  # with the runs: runs/EXPERIMENT_LOG.md
+    assert not (project / "EXPERIMENT_LOG.md").exists()
     assert first.count("\n## ") == 1 and "a · completed" in first
     assert "nothing (no `--set` overrides)" in first
-    assert "[loss curves](runs/a/loss_curves.png)" in first and "[LR schedule](runs/a/lr_schedule.png)" in first
+    assert "[loss curves](a/loss_curves.png)" in first and "[LR schedule](a/lr_schedule.png)" in first
     assert "best val loss 0.6667 (step 6)" in first and "6 steps" in first and "1.5 s" in first
     assert first.rstrip().endswith("### Observations")
 
@@ -89,7 +90,7 @@ def test_two_runs_append_two_entries_and_leave_the_first_unchanged(project):
         )
         == 0
     )
-    both = (project / "EXPERIMENT_LOG.md").read_text()
+    both = (project / "runs" / "EXPERIMENT_LOG.md").read_text()
     assert both.startswith(first) and both.count("\n## ") == 2
     second = both[len(first) :]
     assert "b · completed" in second and "does lr matter?" in second
@@ -102,7 +103,7 @@ def test_log_path_option_and_opt_out(project):
     assert "a · completed" in (project / "notes" / "lab.md").read_text()
     assert "(../runs/a/loss_curves.png)" in (project / "notes" / "lab.md").read_text()
     assert launch.main(["--config", "cfg.json", "--name", "b", "--quiet", "--no-experiment-log"]) == 0
-    assert not (project / "EXPERIMENT_LOG.md").exists()
+    assert not (project / "runs" / "EXPERIMENT_LOG.md").exists() and not (project / "EXPERIMENT_LOG.md").exists()
     assert (project / "runs" / "b" / "summary.json").is_file()
 
 
@@ -110,7 +111,7 @@ def test_a_failed_run_is_logged_too(project, monkeypatch):
     monkeypatch.setattr(trainer, "Trainer", fake_train(fail_at=5))
     with pytest.raises(RuntimeError):
         launch.main(["--config", "cfg.json", "--name", "boom", "--quiet"])
-    text = (project / "EXPERIMENT_LOG.md").read_text()
+    text = (project / "runs" / "EXPERIMENT_LOG.md").read_text()
     assert "boom · failed" in text and "NaN in the attention logits" in text and "(step 3)" in text
 
 
@@ -186,7 +187,7 @@ def test_a_killed_run_gets_its_entry_from_the_next_launch_once(project):
     from jaxlm.tracking import ExperimentTracker, runlock
     from jaxlm.tracking.killed import LOGGED, record_killed, record_killed_runs
 
-    log = project / "EXPERIMENT_LOG.md"
+    log = project / "runs" / "EXPERIMENT_LOG.md"  # the launches' default
     killed = ExperimentTracker("killed", {**CONFIG, "seed": 1}, "runs", experiment_log=log, config_file="cfg.json")
     for step in (1, 2, 3):
         killed.log_step(step, train_loss=5.0 / step, val_loss=4.5 if step == 3 else None)

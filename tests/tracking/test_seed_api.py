@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SEED_LOOP = textwrap.dedent("""
     import math, sys
     from pathlib import Path
@@ -41,6 +43,7 @@ SEED_LOOP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_seed_api_from_a_loop_without_jax(tmp_path):
     script = tmp_path / "seed_loop.py"
     script.write_text(SEED_LOOP)

@@ -82,8 +82,9 @@ def test_report_from_existing_runs_writes_both_figures_and_the_table(lr_sweep, c
     assert sweep.main(["--report", "lr", "--output-dir", str(lr_sweep)]) == 0
     out = capsys.readouterr().out
     for name in ("lr_sweep.png", "lr_by_value.png", "lr_sweep.md"):
-        assert (lr_sweep / name).stat().st_size > 1000 or name.endswith(".md")
-    table = (lr_sweep / "lr_sweep.md").read_text()
+        assert (lr_sweep / ".reports" / name).stat().st_size > 1000 or name.endswith(".md")
+        assert not (lr_sweep / name).exists()  # where no run-directory glob finds it
+    table = (lr_sweep / ".reports" / "lr_sweep.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| ") and "status" in line)
     assert "full val loss" in header and "`learning_rate`" in header
     row = next(line for line in table.splitlines() if line.startswith("| ") and "learning_rate=3e-3" in line)
@@ -107,7 +108,7 @@ def test_two_key_grid_gets_a_heat_map_and_names_parse(tmp_path, capsys):
     points = grid.find_points(runs, "g")
     assert points[0].values == (("learning_rate", "1e-3"), ("min_learning_rate", "1e-5"))
     assert sweep.main(["--report", "g", "--output-dir", str(runs)]) == 0
-    assert mpimg.imread(runs / "g_by_value.png").shape[0] > 100
+    assert mpimg.imread(runs / ".reports" / "g_by_value.png").shape[0] > 100
 
 
 def test_report_with_no_matching_runs_is_one_line_exit_2(tmp_path, capsys):

@@ -54,6 +54,7 @@ def log_rows(tracker: ExperimentTracker, steps, wall0: float = 0.0) -> None:
             tracker.log_sample(step, "Once upon a time", f"Once upon a time step {step}")
 
 
+@pytest.mark.slow
 @needs_wandb
 def test_offline_run_equals_metrics_csv(offline):
     tracker = ExperimentTracker("run", CONFIG, offline / "runs", make_plots=False)
@@ -72,6 +73,7 @@ def test_offline_run_equals_metrics_csv(offline):
     assert json.loads((run_dir / "wandb.json").read_text())["logged_through"] == 10
 
 
+@pytest.mark.slow
 @needs_wandb
 def test_resume_continues_the_same_run_without_duplicate_steps(offline):
     tracker = ExperimentTracker("run", CONFIG, offline / "runs", make_plots=False)

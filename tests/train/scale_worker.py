@@ -24,7 +24,12 @@ def run_one(values: dict) -> dict:
 
     c = build_config(values)
     trainer = Trainer(c)
-    tracker = RecordingTracker("worker", tempfile.mkdtemp())  # checkpoints go there
+    with tempfile.TemporaryDirectory() as run_dir:  # checkpoints go there, removed afterwards
+        return measure(trainer, RecordingTracker("worker", run_dir))
+
+
+def measure(trainer, tracker) -> dict:
+    """Where one FFN weight and the embedding live, then the run's losses (placement read before `run`)."""
     w1 = trainer.params["layers"][0]["ffn"]["w1"]["weight"][...]
     emb = trainer.params["token_embeddings"][...]
     placement = {

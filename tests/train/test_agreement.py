@@ -138,6 +138,7 @@ def signalled_run(config_file: Path, cwd: Path, targets: list[int]) -> tuple[Pat
     return run_dir, stopped, took
 
 
+@pytest.mark.slow
 def test_sigterm_150ms_apart_stops_both_at_one_step_and_resumes_bit_exactly(config_file, tmp_path, reference):
     run_dir, stopped, took = signalled_run(config_file, tmp_path, [0, 1])
     print(f"150 ms skew: both processes stopped at step {stopped}, {took:.1f}s after the first SIGTERM")
@@ -149,12 +150,14 @@ def test_sigterm_150ms_apart_stops_both_at_one_step_and_resumes_bit_exactly(conf
     assert rows(run_dir, after=-1) == rows(reference, after=-1)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both(config_file, tmp_path):
     _, stopped, took = signalled_run(config_file, tmp_path, [1])  # process 1 only: process 0 writes the records
     print(f"one process signalled: both stopped at step {stopped}, {took:.1f}s after the SIGTERM")
     assert took < 30  # about 7 s on a 2-core machine shared with three other test runs (load ~15)
 
 
+@pytest.mark.slow
 def test_wallclock_budget_ends_both_processes_at_one_step(config_file, tmp_path):
     """Process 1's clock runs 1.6x fast: on its own it would size a shorter schedule and run out of
     time earlier than process 0, and the two would wait on each other's collectives forever."""

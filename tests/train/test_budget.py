@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from jaxlm import launch
 from jaxlm.train.stopping import calibration_step, out_of_time, planned_steps
@@ -25,6 +26,7 @@ def test_planned_steps_pays_for_steps_evals_and_recompile(tiny_config):
     assert out_of_time(c, 100.0) and not out_of_time(c, 99.9) and not out_of_time(tiny_config(), 1e9)
 
 
+@pytest.mark.slow
 def test_run_stops_at_the_budget_and_records_the_sized_schedule(tmp_path, tiny_config):
     tokens = np.random.default_rng(0).integers(0, 64, 20_000).astype(np.uint16)
     np.save(tmp_path / "train.npy", tokens)

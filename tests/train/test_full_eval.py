@@ -63,6 +63,7 @@ def test_windows_cover_every_prediction_once(n, contiguous):
     assert predicted_inputs == list(tokens[:-1])  # each predicted from the token before it
 
 
+@pytest.mark.slow
 def test_loss_equals_the_training_loops_eval_loss(tiny_config, tmp_path):
     """A validation file of exactly eval_batches x batch_size windows: the training loop's eval windows
     are the full evaluation's windows, so the losses agree."""
@@ -87,6 +88,7 @@ def test_loss_equals_the_training_loops_eval_loss(tiny_config, tmp_path):
     assert result.loss == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_partial_last_window_is_masked_not_dropped(tiny_config):
     """The full evaluation's loss equals the per-token NLL averaged over every prediction, computed
     window by window without padding."""
@@ -111,6 +113,7 @@ def test_partial_last_window_is_masked_not_dropped(tiny_config):
     assert result.loss == pytest.approx(float(np.mean(nll)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_evaluates_n_minus_1_tokens_and_records_them(tiny_run, tmp_path, capsys):
     log = tmp_path / "LOG.md"
     code = evaluate.main(["--run", str(tiny_run), "--checkpoint", "latest", "--experiment-log", str(log), "--quiet"])
@@ -134,6 +137,7 @@ def test_cli_evaluates_n_minus_1_tokens_and_records_them(tiny_run, tmp_path, cap
     assert set(json.loads((tiny_run / "summary.json").read_text())["evals"]) == {"val-4", "other-2"}
 
 
+@pytest.mark.slow
 def test_final_eval_full_puts_the_full_numbers_in_the_final_row_and_summary(tiny_run, capsys):
     summary = json.loads((tiny_run / "summary.json").read_text())
     last = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])
@@ -156,6 +160,7 @@ def exit_code(argv: list[str]) -> int:
         return e.code
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -188,6 +193,7 @@ def test_not_a_run_is_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --run")
 
 
+@pytest.mark.slow
 def test_sharded_over_two_devices_gives_the_same_loss(tiny_run, tmp_path):
     """The same evaluation on a 2-device mesh (batch split over devices) matches one device."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")

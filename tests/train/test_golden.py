@@ -57,6 +57,7 @@ def train_tiny(tmp_path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_tiny_run_matches_the_golden_numbers(tmp_path, request):
     got = train_tiny(tmp_path)
     if request.config.getoption("--update-golden"):

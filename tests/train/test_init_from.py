@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxlm import launch
@@ -13,6 +14,7 @@ from jaxlm.model.transformer import build_model, cross_entropy
 from jaxlm.model.weights import export_safetensors
 
 
+@pytest.mark.slow
 def test_first_step_loss_is_that_of_the_imported_weights(tmp_path, tiny_config):
     tokens = np.random.default_rng(0).integers(0, 64, 5_000).astype(np.uint16)
     np.save(tmp_path / "train.npy", tokens)

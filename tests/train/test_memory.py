@@ -33,6 +33,7 @@ def load_calibration():
 calibration = load_calibration()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "values",
     [

@@ -86,6 +86,7 @@ def train_losses(dtype: str, out_dir) -> tuple[np.ndarray, dict]:
     return np.array([r["train_loss"] for r in tracker.rows]), summary
 
 
+@pytest.mark.slow
 def test_bf16_trains_and_tracks_float32(cache_dir, tmp_path):
     f32, _ = train_losses("float32", tmp_path / "f32")
     bf16, summary = train_losses("bfloat16", tmp_path / "bf16")

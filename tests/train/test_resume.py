@@ -105,6 +105,7 @@ def resume(run_dir: Path, *args: str) -> int:
     return launch.main(["--resume", str(run_dir), "--quiet", *args])
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_for_bit(config_file, tmp_path):
     assert train(config_file, tmp_path, "straight") == EXIT_OK
     assert train(config_file, tmp_path, "split", "max_iterations=6") == EXIT_OK
@@ -128,6 +129,7 @@ def rows_with_time(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_checkpoints_are_plain_orbax_and_load_returns_the_model(config_file, tmp_path):
     assert train(config_file, tmp_path, "run", "keep_checkpoints=1", "checkpoint_interval=2") == EXIT_OK
     run = tmp_path / "run"
@@ -160,6 +162,7 @@ def test_retention_keeps_latest_n_and_the_best(tmp_path):
     assert RunCheckpoints(tmp_path, keep=2).best_step() == 2
 
 
+@pytest.mark.slow
 def test_divergence_stops_without_a_nan_checkpoint(config_file, tmp_path):
     code = train(
         config_file,
@@ -253,6 +256,7 @@ def reference(config_file, tmp_path_factory) -> Path:
     return out / "ref"
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_matches(config_file, tmp_path, reference):
     proc = start(config_file, tmp_path, "term")
     wait_for_step(proc, tmp_path / "term", 30)
@@ -269,6 +273,7 @@ def test_sigterm_saves_and_resume_matches(config_file, tmp_path, reference):
     assert rows(run, after=stopped) == rows(reference, after=stopped)
 
 
+@pytest.mark.slow
 def test_resume_if_exists_one_command_line_for_start_and_every_restart(config_file, tmp_path, reference):
     proc = start(config_file, tmp_path, "again", "--resume-if-exists")  # runs/again does not exist: a fresh start
     wait_for_step(proc, tmp_path / "again", 30, timeout=300)
@@ -291,6 +296,7 @@ def test_resume_if_exists_one_command_line_for_start_and_every_restart(config_fi
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_resume_if_exists_starts_over_a_run_that_never_saved(config_file, tmp_path, capsys):
     argv = ["--config", str(config_file), "--name", "n", "--output-dir", str(tmp_path), "--quiet"]
     assert launch.main(argv + ["--resume-if-exists"]) == EXIT_OK
@@ -304,6 +310,7 @@ def test_resume_if_exists_starts_over_a_run_that_never_saved(config_file, tmp_pa
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_from_newest_complete_checkpoint(config_file, tmp_path, reference):
     proc = start(config_file, tmp_path, "killed")
     wait_for_step(proc, tmp_path / "killed", 90)

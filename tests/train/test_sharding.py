@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,9 @@ def train_here(**overrides) -> tuple[list[float], float]:
     from jaxlm.train.trainer import Trainer
 
     c = build_config({**TINY, **overrides})
-    tracker = RecordingTracker("t", "runs/t")
-    result = Trainer(c).run(tracker)
+    with tempfile.TemporaryDirectory() as run_dir:  # the trainer saves its tokenizer and checkpoints there
+        tracker = RecordingTracker("t", run_dir)
+        result = Trainer(c).run(tracker)
     return [r["train_loss"] for r in tracker.rows], result.summary["final_val_loss"]
 
 
@@ -74,6 +76,7 @@ def assert_close(a, b, rtol=1e-5):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=0)
 
 
+@pytest.mark.slow
 def test_meshes_match_one_device_and_shard_params(cache_dir, reference):
     reference, reference_val = reference
     out = run_worker(
@@ -93,6 +96,7 @@ def test_meshes_match_one_device_and_shard_params(cache_dir, reference):
     assert out["dp2_fsdp2"]["emb_spec"] == ["fsdp", None]  # (300, 32)
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_full_batch(reference):
     full, full_val = reference
     accum, accum_val = train_here(grad_accum_steps=4)
