@@ -217,3 +217,5 @@ def test_a_killed_run_gets_its_entry_from_the_next_launch_once(project):
         assert LOGGED not in reopened.summary and reopened.summary["status"] == "running"
     finally:
         lock.release()
+    for tracker in (killed, held, reopened):  # the killed runs' writers, which nothing else closes
+        tracker.tb.close()
