@@ -42,6 +42,7 @@ def rehearsal(tmp_path_factory):
     return p, out
 
 
+@pytest.mark.slow  # the whole rehearsal: ~100 s of CPU
 def test_the_rehearsal_prints_one_table_of_every_part(rehearsal):
     p, out = rehearsal
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
@@ -75,6 +76,7 @@ def test_the_rehearsal_prints_one_table_of_every_part(rehearsal):
     assert p.stdout.rstrip().endswith("gpu_check: all parts passed (logs and report.md in " + str(out) + ")")
 
 
+@pytest.mark.slow  # the whole rehearsal: ~100 s of CPU
 def test_the_rehearsal_leaves_few_files_and_one_line_per_part(rehearsal):
     """At most 8 files (what the device tool brings back from $OUT), and each part's state recorded."""
     _, out = rehearsal
