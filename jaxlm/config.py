@@ -100,6 +100,10 @@ class Config:
     """Start from these weights: a `.safetensors` file with the CS336 PyTorch names (as `jaxlm.export` writes);
     its shapes must match the config."""
 
+    profile_steps: tuple[int, int] | None = None
+    """`[start, stop]`: write a `jax.profiler` trace of the updates after step `start` up to step `stop` into
+    `<run>/profile/` (TensorBoard's profile plugin and Perfetto open it; see docs/performance.md); null = none."""
+
     # --- wall-clock budget ---
     max_wallclock_seconds: float | None = None
     """Training-time budget (evals included, compile excluded); when spent, the run stops cleanly with a final
@@ -207,6 +211,10 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats."""
     hint, optional = _unwrap_optional(_HINTS[key])
@@ -235,6 +243,10 @@ def _coerce(key: str, value: Any) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+    elif typing.get_args(hint) == (int, int):  # tuple[int, int]: a JSON list of two integers
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value):
+            return tuple(int(v) for v in value)
+        raise ConfigError(f"config key '{key}': expected a list of two integers, got {value!r}")
     elif typing.get_origin(hint) is tuple:  # tuple[str, ...]: a JSON list of strings
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
@@ -371,6 +383,8 @@ def validate(c: Config) -> None:
         raise ConfigError("config key 'schedule_by': 'wallclock' needs max_wallclock_seconds to be set")
     if c.divergence_factor <= 1:
         raise ConfigError(f"config key 'divergence_factor': must be > 1, got {c.divergence_factor}")
+    if c.profile_steps is not None and not 0 <= c.profile_steps[0] < c.profile_steps[1]:
+        raise ConfigError(f"config key 'profile_steps': needs 0 <= start < stop, got {list(c.profile_steps)}")
     validate_scale_out(c)
     validate_special_tokens(c)
     if c.eval_batches > MAX_EVAL_BATCHES:

@@ -44,10 +44,7 @@ NO_EXTRAS = ["checkpoint_interval=1000000", "eval_interval=1000000", "sample_tok
 def run(code: Path, args: list[str], timeout: float) -> str:
     """`python ARGS` with `code` first on the import path (cwd too: `-m` puts the cwd first)."""
     env = {**os.environ, "PYTHONPATH": str(code)}
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        timeout=timeout,
-    )  # fmt: skip
+    proc = subprocess.run([sys.executable, *args], cwd=code, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         sys.exit(f"bench_loop: {' '.join(args[:3])} in {code} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     return proc.stdout
@@ -96,7 +93,8 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print("\n| preset | code | bare step ms | loop steps/s | efficiency | host ms/step |\n| --- | --- | --- | --- | --- | --- |")
+    print("\n| preset | code | bare step ms | loop steps/s | efficiency | host ms/step |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
             f"| {r['preset']} | {Path(r['code']).name} | {r['bare_step_ms']:.3f} | {r['loop_steps_per_s']:,.1f} "
