@@ -87,6 +87,11 @@ class Config:
     and summary.json), as `python -m jaxlm.evaluate` computes it."""
     cosine_cycle_iters: int | None = None
     """Step where the cosine reaches `min_learning_rate`; null = `max_iterations`."""
+    loss_chunk_tokens: int | None = None
+    """Sequence positions per chunk of the cross-entropy (jaxlm/model/loss.py; must divide `context_length`):
+    float32 logits exist for batch x this many positions at a time and are recomputed in the backward pass;
+    null = automatic: all positions at once while batch x context x vocab is at most 64M logits (256 MiB),
+    else the largest divisor of `context_length` that keeps a chunk under that. Same loss to float32 rounding."""
     adam_eps: float = 1e-8
     """AdamW epsilon, added to the square root of the second moment to avoid dividing by zero."""
     sample_tokens: int = 96
@@ -383,6 +388,11 @@ def validate(c: Config) -> None:
         raise ConfigError("config key 'schedule_by': 'wallclock' needs max_wallclock_seconds to be set")
     if c.divergence_factor <= 1:
         raise ConfigError(f"config key 'divergence_factor': must be > 1, got {c.divergence_factor}")
+    if c.loss_chunk_tokens is not None and (c.loss_chunk_tokens <= 0 or c.context_length % c.loss_chunk_tokens):
+        raise ConfigError(
+            f"config key 'loss_chunk_tokens': must be a positive divisor of context_length={c.context_length}, "
+            f"got {c.loss_chunk_tokens}"
+        )
     if c.profile_steps is not None and not 0 <= c.profile_steps[0] < c.profile_steps[1]:
         raise ConfigError(f"config key 'profile_steps': needs 0 <= start < stop, got {list(c.profile_steps)}")
     validate_scale_out(c)

@@ -32,6 +32,7 @@ from jaxlm.train.agreement import Agreement, agree_on_process_0
 from jaxlm.train.checkpoint import RunCheckpoints
 from jaxlm.train.distributed import is_primary
 from jaxlm.train.flops import flops_per_token, param_counts
+from jaxlm.train.full_eval import compile_nll_sum
 from jaxlm.train.meter import Meter
 from jaxlm.train.optim import build_optimizer, learning_rate_schedule, planned_learning_rates
 from jaxlm.train.profiling import StepProfiler
@@ -60,9 +61,11 @@ class _Loop:
     guard: DivergenceGuard
     best: dict  # {"val_loss", "step"} of the best evaluation so far
     calibrate_at: int | None  # step after which a wall-clock schedule is sized (None: no sizing)
+    calibrate_from: int  # the first timed step (its end): the steps before it compile caches and warm up
     requested_steps: int  # max_iterations before any sizing to a wall-clock budget
     step_times: dict[int, float] = field(default_factory=dict)
     eval_s: float = 0.0  # duration of the latest eval + sample
+    final_s: float = 0.0  # the time reserved for the final full evaluation (final_eval "full", wall-clock plans)
     next_batch: tuple | None = None  # batch self.step, put on the device while the previous step ran
     bar_step: int = 0  # the step the progress bar shows
     profiler: StepProfiler | None = None
@@ -134,6 +137,7 @@ class TrainingLoop:
             guard=DivergenceGuard(c.divergence_factor, c.warmup_iters, resumed.get("initial_loss")),
             best={"val_loss": resumed.get("best_val_loss", math.inf), "step": resumed.get("best_val_step")},
             calibrate_at=calibration_step(c, self.step),
+            calibrate_from=self.step + 2,
             requested_steps=c.max_iterations,
             bar_step=self.step,
             profiler=StepProfiler(c.profile_steps, tracker.run_dir, is_primary()),
@@ -152,12 +156,12 @@ class TrainingLoop:
         calibrating = self._calibrate(loop, metrics)
         c, step = self.c, self.step
         due = calibrating or step == c.max_iterations or any(step % n == 0 for n in self._decision_intervals())
+        reserve = loop.eval_s + loop.final_s  # stop early enough that the final eval still fits the budget
         if not (due or loop.agreement.active):  # one process: look at the local flags, no device wait
-            due = bool(stop.signum) or out_of_time(c, loop.meter.elapsed() + loop.eval_s)
+            due = bool(stop.signum) or out_of_time(c, loop.meter.elapsed() + reserve)
         if not due:
             return True
-        # stop early enough that the final eval still fits the budget; act only on what all processes agreed
-        out_of_budget = out_of_time(c, loop.meter.elapsed() + loop.eval_s)
+        out_of_budget = out_of_time(c, loop.meter.elapsed() + reserve)  # acted on only as all processes agree
         signal_number, out_of_budget = loop.agreement.agree([stop.signum, out_of_budget])
         if signal_number and loop.interrupted_by is None:
             loop.interrupted_by = StopSignals.name(int(signal_number))
@@ -185,13 +189,15 @@ class TrainingLoop:
         return self.c.log_interval, self.c.eval_interval, self.c.checkpoint_interval
 
     def _calibrate(self, loop: _Loop, metrics) -> bool:
-        """schedule_by=wallclock: time the first steps (each waited for: the loop runs ahead of the
-        device otherwise), then size the schedule to the budget. True while calibrating."""
-        if loop.calibrate_at is None or self.step > loop.calibrate_at:
+        """schedule_by=wallclock: time the warm steps (the first two after the start are not counted) as
+        the loop runs them, ahead of the device, waiting only at both ends; then size the schedule to the
+        budget. True at the steps where it waits (decision steps: every process has the same ones)."""
+        at = loop.calibrate_at
+        if at is None or self.step > at or self.step not in (min(at, loop.calibrate_from), at):
             return False
         jax.block_until_ready(metrics)
         loop.step_times[self.step] = loop.meter.elapsed() - loop.meter.paused_total
-        if self.step == loop.calibrate_at:
+        if self.step == at:
             loop.eval_s = self._fit_schedule_to_budget(loop)
         return True
 
@@ -228,19 +234,24 @@ class TrainingLoop:
         return True
 
     def _fit_schedule_to_budget(self, loop: _Loop) -> float:
-        """From the measured step time, set cosine_cycle_iters (and the step count) so the schedule
-        ends with the budget, then recompile the step with that schedule. Returns the eval + sample time."""
+        """From the measured warm step time, set cosine_cycle_iters (and the step count) so the schedule
+        ends with the budget, final evaluation included, then recompile the step with that schedule.
+        Compiles (the recompile, the full evaluation's step) are kept off the budget's clock, as the
+        first compile is. Returns the eval + sample time."""
         meter, step_times = loop.meter, loop.step_times
-        first = min(step_times) + min(2, len(step_times) - 2)  # the first steps run slower
-        step_s = (step_times[self.step] - step_times[first]) / max(self.step - first, 1)
+        first, last = min(step_times), max(step_times)
+        step_s = (step_times[last] - step_times[first]) / max(last - first, 1)
         t0 = time.perf_counter()
         self.evaluate(), self.sample()  # the first call compiles the decoder: not what later evals cost
         t1 = time.perf_counter()
-        self.evaluate(), self.sample()  # timed warm, so the plan leaves room for the evals
-        eval_s = time.perf_counter() - t1
+        self.evaluate()  # timed warm, so the plan leaves room for the evals
+        t2 = time.perf_counter()
+        self.sample()
+        eval_s, sample_s = t2 - t1, time.perf_counter() - t2
         meter.pause(time.perf_counter() - t0)
-        steps = planned_steps(self.c, self.step, meter.elapsed(), step_s, eval_s, self.train_compile_s)
-        steps, eval_s = agree_on_process_0([steps, eval_s])  # one schedule for all processes: process 0's timing
+        loop.final_s = self._full_eval_reserve(meter, eval_s)
+        steps = planned_steps(self.c, self.step, meter.elapsed(), step_s, eval_s + sample_s, 0.0, loop.final_s)
+        steps, eval_s, loop.final_s = agree_on_process_0([steps, eval_s + sample_s, loop.final_s])  # process 0's
         steps = int(steps)
         self.c = dataclasses.replace(self.c, cosine_cycle_iters=steps, max_iterations=steps)
         self.schedule = meter.schedule = learning_rate_schedule(self.c)
@@ -249,13 +260,34 @@ class TrainingLoop:
         self.train_step = compile_train_step(
             self.c, self.graphdef, build_optimizer(self.c, self.schedule), self.layout, self.params, self.opt_state
         )
-        meter.pause(time.perf_counter() - t0)
+        meter.exclude(time.perf_counter() - t0)
         self.tracker.update_config(cosine_cycle_iters=steps, max_iterations=steps)
         self.planned_lr = meter.planned_lr = planned_learning_rates(self.schedule, steps)
         self.tracker.plan_learning_rate(self.planned_lr)
         loop.bar.total = steps
-        log.info("wall-clock budget: %.3fs/step, eval %.1fs -> schedule sized to %d steps", step_s, eval_s, steps)
+        log.info(
+            "wall-clock budget: %.4fs/step, eval %.2fs, final full eval %.1fs -> schedule sized to %d steps",
+            step_s,
+            eval_s,
+            loop.final_s,
+            steps,
+        )
         return eval_s
+
+    def _full_eval_reserve(self, meter: Meter, eval_s: float) -> float:
+        """final_eval "full": compile its step now (off the clock) and estimate its time from the warm
+        sampled evaluation's time per token; 0 otherwise."""
+        c = self.c
+        if c.final_eval != "full":
+            return 0.0
+        t0 = time.perf_counter()
+        batch = c.batch_size // c.grad_accum_steps
+        self.full_eval_step = compile_nll_sum(
+            self.graphdef, self.layout, self.params, batch, c.context_length, c.loss_chunk_tokens
+        )
+        meter.exclude(time.perf_counter() - t0)
+        sampled_tokens = max(len(self.val_set), 1) * c.tokens_per_step
+        return eval_s * len(self.val_tokens) / sampled_tokens
 
     def _finish(self, loop: _Loop, stop: StopSignals) -> RunResult:
         """The run's status and summary, written through the tracker."""
