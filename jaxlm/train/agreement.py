@@ -28,7 +28,8 @@ import numpy as np
 
 
 class Agreement:
-    """All-reduce (max) of a fixed-length float vector of per-process flags, one step late."""
+    """All-reduce (max) of a fixed-length float vector of per-process flags: now (`agree`) or one
+    exchange late (`exchange`)."""
 
     def __init__(self, size: int, *, force: bool = False):
         self.size = size
