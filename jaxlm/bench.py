@@ -4,6 +4,11 @@
     python -m jaxlm.bench --config configs/quickstart.json --steps 10 [--batch-size B] [--dtype bfloat16]
     python -m jaxlm.bench --suite [--steps N] [--dtype bfloat16]      # quickstart and 17M, two batches each
     python -m jaxlm.bench --memory [--memory-big-mb 4096] [--memory-small-mb 4]   # see jaxlm/bench_memory.py
+    python -m jaxlm.bench --xla-memory --config C [--batch-size B] [--set K=V]   # XLA's plan, no step run
+
+`--xla-memory` compiles the train step for abstract inputs (jaxlm.train.xla_memory: nothing of the
+model's size is allocated) and prints one JSON line from `compiled.memory_analysis()`: temp_bytes,
+argument_bytes, output_bytes, alias_bytes (one device's buffers, as XLA assigns them).
 
 What is timed is the train step the Trainer runs: built like jaxlm/train.py builds it
 (jaxlm.train.sharding's build_mesh, init_state, compile_train_step: same mesh, shardings,
@@ -74,11 +79,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory", action="store_true", help="peak RSS of 20 training steps on a big vs a small token file")
     p.add_argument("--memory-big-mb", type=int, default=4096, help="size of the big token file in MiB (default 4096)")
     p.add_argument("--memory-small-mb", type=int, default=4, help="size of the small token file in MiB (default 4)")
+    p.add_argument(
+        "--xla-memory", action="store_true", help="XLA's planned buffers of the compiled train step (no step is run)"
+    )
     p.add_argument("--memory-dir", help="where to write the token files (default: a new temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the --memory files and runs")
     a = p.parse_args(argv)
-    if a.suite and a.memory:
-        p.error("--suite and --memory are separate modes: pick one")
+    if sum((a.suite, a.memory, a.xla_memory)) > 1:
+        p.error("--suite, --memory and --xla-memory are separate modes: pick one")
+    if a.xla_memory and not a.config:
+        p.error("--xla-memory needs --config")
     if a.suite and (a.config or a.batch_size):
         p.error("--suite runs its own configs and batch sizes: drop --config/--batch-size")
     if not (a.suite or a.memory or a.config):
@@ -278,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         c = load_config(config, overrides_of(a))
         if a.memory:
             return memory_mode(a, config, c)
+        if a.xla_memory:
+            from jaxlm.train.xla_memory import train_step_memory
+
+            fields = {"batch_size": c.batch_size, "vocab_size": c.vocab_size, "dtype": c.dtype}
+            print(json.dumps({"config": a.config, **fields, **train_step_memory(c)}), flush=True)
+            return EXIT_OK
         return run_point(a, c)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

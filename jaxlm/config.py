@@ -87,6 +87,11 @@ class Config:
     and summary.json), as `python -m jaxlm.evaluate` computes it."""
     cosine_cycle_iters: int | None = None
     """Step where the cosine reaches `min_learning_rate`; null = `max_iterations`."""
+    loss_chunk_tokens: int | None = None
+    """Sequence positions per chunk of the cross-entropy (jaxlm/model/loss.py; must divide `context_length`):
+    float32 logits exist for batch x this many positions at a time and are recomputed in the backward pass;
+    null = automatic: all positions at once while batch x context x vocab is at most 64M logits (256 MiB),
+    else the largest divisor of `context_length` that keeps a chunk under that. Same loss to float32 rounding."""
     adam_eps: float = 1e-8
     """AdamW epsilon, added to the square root of the second moment to avoid dividing by zero."""
     sample_tokens: int = 96
@@ -99,6 +104,10 @@ class Config:
     init_from: str | None = None
     """Start from these weights: a `.safetensors` file with the CS336 PyTorch names (as `jaxlm.export` writes);
     its shapes must match the config."""
+
+    profile_steps: tuple[int, int] | None = None
+    """`[start, stop]`: write a `jax.profiler` trace of the updates after step `start` up to step `stop` into
+    `<run>/profile/` (TensorBoard's profile plugin and Perfetto open it; see docs/performance.md); null = none."""
 
     # --- wall-clock budget ---
     max_wallclock_seconds: float | None = None
@@ -208,6 +217,10 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats."""
     hint, optional = _unwrap_optional(_HINTS[key])
@@ -236,6 +249,10 @@ def _coerce(key: str, value: Any) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+    elif typing.get_args(hint) == (int, int):  # tuple[int, int]: a JSON list of two integers
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value):
+            return tuple(int(v) for v in value)
+        raise ConfigError(f"config key '{key}': expected a list of two integers, got {value!r}")
     elif typing.get_origin(hint) is tuple:  # tuple[str, ...]: a JSON list of strings
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
@@ -372,6 +389,13 @@ def validate(c: Config) -> None:
         raise ConfigError("config key 'schedule_by': 'wallclock' needs max_wallclock_seconds to be set")
     if c.divergence_factor <= 1:
         raise ConfigError(f"config key 'divergence_factor': must be > 1, got {c.divergence_factor}")
+    if c.loss_chunk_tokens is not None and (c.loss_chunk_tokens <= 0 or c.context_length % c.loss_chunk_tokens):
+        raise ConfigError(
+            f"config key 'loss_chunk_tokens': must be a positive divisor of context_length={c.context_length}, "
+            f"got {c.loss_chunk_tokens}"
+        )
+    if c.profile_steps is not None and not 0 <= c.profile_steps[0] < c.profile_steps[1]:
+        raise ConfigError(f"config key 'profile_steps': needs 0 <= start < stop, got {list(c.profile_steps)}")
     validate_scale_out(c)
     validate_special_tokens(c)
     if c.eval_batches > MAX_EVAL_BATCHES:

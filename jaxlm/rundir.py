@@ -39,6 +39,7 @@ RESUME_SAFE_KEYS = frozenset(
         "divergence_factor",
         "device",
         "max_wallclock_seconds",
+        "profile_steps",
         "wandb_project",
         "wandb_entity",
         "wandb_group",

@@ -172,18 +172,28 @@ class Transformer(nnx.Module):
     def embed(self, ids_BxT: jax.Array) -> jax.Array:
         return jnp.take(self.token_embeddings[...], ids_BxT, axis=0).astype(self.dtype)
 
+    def head_weight(self) -> jax.Array:
+        """The LM head's (d_model, vocab) float32 weight (the embedding's transpose when tied)."""
+        return self.token_embeddings[...].T if self.lm_head is None else self.lm_head.weight[...]
+
+    def head_input(self, x_BxTxD: jax.Array) -> jax.Array:
+        """The last blocks' output, normed and in the compute dtype: what the head multiplies."""
+        return self.ln_final(x_BxTxD).astype(self.dtype)
+
     def logits(self, x_BxTxD: jax.Array) -> jax.Array:
         """The head matmul runs in the compute dtype but accumulates and returns float32 (no bf16 logits)."""
-        x = self.ln_final(x_BxTxD)
-        w_DxV = self.token_embeddings[...].T if self.lm_head is None else self.lm_head.weight[...]
-        return einsum_f32("btd,dv->btv", x.astype(self.dtype), w_DxV.astype(self.dtype))
+        return einsum_f32("btd,dv->btv", self.head_input(x_BxTxD), self.head_weight().astype(self.dtype))
 
-    def __call__(self, ids_BxT: jax.Array) -> jax.Array:
+    def trunk(self, ids_BxT: jax.Array) -> jax.Array:
+        """Token ids (B, T) -> the last block's output (B, T, d_model), before the final norm and head."""
         positions_T = jnp.arange(ids_BxT.shape[1])
         x = self.embed(ids_BxT)
         for block in self.layers:
             x = block(x, positions_T)
-        return self.logits(x)
+        return x
+
+    def __call__(self, ids_BxT: jax.Array) -> jax.Array:
+        return self.logits(self.trunk(ids_BxT))
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:

@@ -10,11 +10,13 @@ loop never acts on its own flags: `Agreement.exchange` all-reduces (max) a small
 vector of local flags over every device of every process, and the loop acts on
 the agreed vector, which is the same everywhere.
 
-The reduction is dispatched like a train step and read one step later, as the
-loss is (see `jaxlm.train.loop`): it adds one tiny collective per step and no
-host wait of its own, and every process acts on step s's flags at step s+1. A
-single-process run has nothing to agree on: `exchange` hands its flags back at
-once and touches no device. `scripts/bench_agreement.py` measures the cost.
+The training loop agrees only at the steps where it reads its metrics anyway
+(log, evaluation and checkpoint steps, the same step numbers on every process):
+`agree` all-reduces and waits, so the agreed flags of step s are acted on at
+step s by everyone, at one tiny collective per log interval. `exchange` is the
+pipelined form (dispatched now, read at the next exchange: no host wait of its
+own), which `scripts/bench_agreement.py` measures per step. A single-process run
+has nothing to agree on: both hand its flags back at once and touch no device.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import numpy as np
 
 
 class Agreement:
-    """All-reduce (max) of a fixed-length float vector of per-process flags, one step late."""
+    """All-reduce (max) of a fixed-length float vector of per-process flags: now (`agree`) or one
+    exchange late (`exchange`)."""
 
     def __init__(self, size: int, *, force: bool = False):
         self.size = size
@@ -51,6 +54,16 @@ class Agreement:
         rows = np.broadcast_to(local, (self._local_devices, self.size))
         self._pending = self._reduce(jax.make_array_from_process_local_data(self._in, rows))
         return agreed
+
+    def agree(self, flags: Sequence[float]) -> np.ndarray:
+        """The max over processes of this step's `flags`, now (waits for the device queue and the
+        other processes). Single-process: `flags` themselves."""
+        local = np.asarray(flags, dtype=np.float32)
+        assert local.shape == (self.size,) and self._pending is None
+        if not self.active:
+            return local
+        rows = np.broadcast_to(local, (self._local_devices, self.size))
+        return np.asarray(self._reduce(jax.make_array_from_process_local_data(self._in, rows)))
 
     def result(self) -> np.ndarray:
         """The agreed flags of the latest exchange not yet read (zeros if none); waits for it."""

@@ -33,6 +33,7 @@ from flax import nnx
 from jaxlm.errors import DataError
 from jaxlm.train.distributed import is_primary
 from jaxlm.train.sharding import Layout, batch_spec
+from jaxlm.train.steps import model_loss
 
 
 @dataclass(frozen=True)
@@ -109,23 +110,23 @@ def read_eval_batch(
     return x, y, mask
 
 
-def nll_sum_fn(graphdef: nnx.GraphDef):
-    """(params, x, y, mask) -> sum over unmasked positions of the next-token NLL (float32), as training's
-    `cross_entropy` computes it per position (logsumexp minus the target's logit)."""
+def nll_sum_fn(graphdef: nnx.GraphDef, chunk: int | None = None):
+    """(params, x, y, mask) -> sum over unmasked positions of the next-token NLL (float32), per position
+    as training computes it (`jaxlm.train.steps.model_loss`: chunked, logsumexp minus the target's logit)."""
 
     def nll_sum(params, x_BxT, y_BxT, mask_BxT):
-        logits = nnx.merge(graphdef, params)(x_BxT).astype(jnp.float32)
-        target_logit = jnp.take_along_axis(logits, y_BxT[..., None], axis=-1)[..., 0]
-        nll_BxT = jax.nn.logsumexp(logits, axis=-1) - target_logit
+        nll_BxT = model_loss(nnx.merge(graphdef, params), x_BxT, y_BxT, chunk)[1]["nll"]
         return jnp.sum(jnp.where(mask_BxT > 0, nll_BxT, 0.0))
 
     return nll_sum
 
 
-def compile_nll_sum(graphdef: nnx.GraphDef, layout: Layout, params: Any, batch_size: int, context_length: int):
+def compile_nll_sum(
+    graphdef: nnx.GraphDef, layout: Layout, params: Any, batch_size: int, context_length: int, chunk: int | None = None
+):
     """AOT-compiled `nll_sum_fn`, sharded like training's eval step (batch over all devices)."""
     jitted = jax.jit(
-        nll_sum_fn(graphdef),
+        nll_sum_fn(graphdef, chunk),
         in_shardings=(layout.params, layout.batch, layout.batch, layout.batch),
         out_shardings=layout.replicated,
     )

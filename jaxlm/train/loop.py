@@ -1,7 +1,13 @@
 """The training loop, phase by phase: open the run, step, evaluate, checkpoint, finish.
 
-Metrics come to the host one step late: step s+1 is dispatched before step s's
-loss is read, so the device never waits on Python. The loop talks to the run's
+The loop runs ahead of the device: it dispatches step s, prepares batch s+1 while
+the device computes, and reads nothing back, except at the steps where it must
+decide something (log, evaluation and checkpoint steps, the last step, a stop):
+there it fetches every step's metrics since the previous such step in one
+transfer (`Meter.drain`, which judges each step's loss), and all processes agree
+on stop signals and the wall-clock budget (`Agreement.agree`) at those same step
+numbers. A single process, which has nothing to agree on, checks its stop flags
+at every step (host-only, no device wait). The loop talks to the run's
 records only through the `RunTracker` protocol, handing it plain values.
 `TrainingLoop` is the loop half of `jaxlm.train.trainer.Trainer`, which provides
 the state (params, opt_state, step, compiled steps) and `batch`, `evaluate`, `evaluate_full`,
@@ -26,8 +32,10 @@ from jaxlm.train.agreement import Agreement, agree_on_process_0
 from jaxlm.train.checkpoint import RunCheckpoints
 from jaxlm.train.distributed import is_primary
 from jaxlm.train.flops import flops_per_token, param_counts
+from jaxlm.train.full_eval import compile_nll_sum
 from jaxlm.train.meter import Meter
 from jaxlm.train.optim import build_optimizer, learning_rate_schedule, planned_learning_rates
+from jaxlm.train.profiling import StepProfiler
 from jaxlm.train.sharding import compile_train_step, describe_mesh
 from jaxlm.train.stopping import DivergenceGuard, StopSignals, calibration_step, out_of_time, planned_steps
 
@@ -53,10 +61,14 @@ class _Loop:
     guard: DivergenceGuard
     best: dict  # {"val_loss", "step"} of the best evaluation so far
     calibrate_at: int | None  # step after which a wall-clock schedule is sized (None: no sizing)
+    calibrate_from: int  # the first timed step (its end): the steps before it compile caches and warm up
     requested_steps: int  # max_iterations before any sizing to a wall-clock budget
     step_times: dict[int, float] = field(default_factory=dict)
     eval_s: float = 0.0  # duration of the latest eval + sample
-    pending: tuple | None = None  # (step, device metrics, eval results) not yet read back
+    final_s: float = 0.0  # the time reserved for the final full evaluation (final_eval "full", wall-clock plans)
+    next_batch: tuple | None = None  # batch self.step, put on the device while the previous step ran
+    bar_step: int = 0  # the step the progress bar shows
+    profiler: StepProfiler | None = None
     sample: str | None = None
     stopped_by: str = "max_iterations"
     interrupted_by: str | None = None  # the stop signal all processes agreed to act on
@@ -75,8 +87,8 @@ class TrainingLoop:
             while self.step < self.c.max_iterations:
                 if not self._train_one_step(loop, stop):
                     break
-            if loop.pending is not None:
-                loop.meter.consume(*loop.pending, guard=loop.guard)
+            loop.meter.drain(loop.guard)  # nothing is left unread after a decision step; kept for safety
+            loop.profiler.close()
             self.checkpoints.close()  # waits for the async saves
         loop.bar.close()
         return self._finish(loop, stop)
@@ -102,7 +114,8 @@ class TrainingLoop:
             peak_flops_per_device=self.peak_flops,
             flops_per_token=flops_per_token(c),
         )
-        tracker.plan_learning_rate(planned_learning_rates(self.schedule, c.max_iterations))
+        self.planned_lr = planned_learning_rates(self.schedule, c.max_iterations)
+        tracker.plan_learning_rate(self.planned_lr)
 
     def _start_loop(self, tracker: RunTracker) -> _Loop:
         from tqdm import tqdm
@@ -120,38 +133,54 @@ class TrainingLoop:
             self.mesh.size,
             self.peak_flops,
         )
+        meter.planned_lr = self.planned_lr
         return _Loop(
             meter=meter,
             bar=bar,
             guard=DivergenceGuard(c.divergence_factor, c.warmup_iters, resumed.get("initial_loss")),
             best={"val_loss": resumed.get("best_val_loss", math.inf), "step": resumed.get("best_val_step")},
             calibrate_at=calibration_step(c, self.step),
+            calibrate_from=self.step + 2,
             requested_steps=c.max_iterations,
+            bar_step=self.step,
+            profiler=StepProfiler(c.profile_steps, tracker.run_dir, is_primary()),
         )
 
     def _train_one_step(self, loop: _Loop, stop: StopSignals) -> bool:
-        """Dispatch one update, then evaluate, checkpoint and log as due; False when the loop must end."""
-        x, y = self.batch(self.step)
-        self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, x, y)
+        """Dispatch one update; at a decision step, read the metrics back, agree on stopping, evaluate,
+        checkpoint and log as due. False when the loop must end."""
+        x, y = loop.next_batch or self.batch(self.step)
+        with loop.profiler.step(self.step):
+            self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, x, y)
         self.step += 1
-        if loop.pending is not None and not loop.meter.consume(*loop.pending, guard=loop.guard):
-            loop.pending = None
-            return False
-        self._calibrate(loop)
-        # stop early enough that the final eval still fits the budget; act only on what all processes agreed
-        out_of_budget = out_of_time(self.c, loop.meter.elapsed() + loop.eval_s)
-        signal_number, out_of_budget = loop.agreement.exchange([stop.signum, out_of_budget])
+        loop.profiler.after(self.step, metrics)
+        loop.next_batch = self.batch(self.step) if self.step < self.c.max_iterations else None
+        loop.meter.record(self.step, metrics)
+        calibrating = self._calibrate(loop, metrics)
+        c, step = self.c, self.step
+        due = calibrating or step == c.max_iterations or any(step % n == 0 for n in self._decision_intervals())
+        reserve = loop.eval_s + loop.final_s  # stop early enough that the final eval still fits the budget
+        if not (due or loop.agreement.active):  # one process: look at the local flags, no device wait
+            due = bool(stop.signum) or out_of_time(c, loop.meter.elapsed() + reserve)
+        if not due:
+            return True
+        out_of_budget = out_of_time(c, loop.meter.elapsed() + reserve)  # acted on only as all processes agree
+        signal_number, out_of_budget = loop.agreement.agree([stop.signum, out_of_budget])
         if signal_number and loop.interrupted_by is None:
             loop.interrupted_by = StopSignals.name(int(signal_number))
-        last = self.step == self.c.max_iterations or bool(out_of_budget)
+        if not loop.meter.drain(loop.guard):  # a diverged step's params are never evaluated or saved
+            return False
+        last = step == self.c.max_iterations or bool(out_of_budget)
         evals = self._evaluate_if_due(loop, last)
-        loop.pending = (self.step, metrics, evals)
-        val_ok = evals is None or loop.guard.check_val(self.step, evals["val_loss"])
+        val_ok = evals is None or loop.guard.check_val(step, evals["val_loss"])
+        if loop.meter.row_due(step, evals) or not val_ok:
+            loop.meter.log_row(step, evals)
         is_best = val_ok and evals is not None and evals["val_loss"] < loop.best["val_loss"]
-        if not val_ok or is_best or loop.interrupted_by or last or self.step % self.c.checkpoint_interval == 0:
+        if not val_ok or is_best or loop.interrupted_by or last or step % self.c.checkpoint_interval == 0:
             if not self._checkpoint(loop, evals, val_ok, is_best):
                 return False
-        loop.bar.update(1)
+        loop.bar.update(step - loop.bar_step)
+        loop.bar_step = step
         if loop.interrupted_by:
             return False
         if out_of_budget:
@@ -159,13 +188,21 @@ class TrainingLoop:
             return False
         return True
 
-    def _calibrate(self, loop: _Loop) -> None:
-        """schedule_by=wallclock: time the first steps, then size the schedule to the budget."""
-        if loop.calibrate_at is None or self.step > loop.calibrate_at:
-            return
+    def _decision_intervals(self) -> tuple[int, int, int]:
+        return self.c.log_interval, self.c.eval_interval, self.c.checkpoint_interval
+
+    def _calibrate(self, loop: _Loop, metrics) -> bool:
+        """schedule_by=wallclock: time the warm steps (the first two after the start are not counted) as
+        the loop runs them, ahead of the device, waiting only at both ends; then size the schedule to the
+        budget. True at the steps where it waits (decision steps: every process has the same ones)."""
+        at = loop.calibrate_at
+        if at is None or self.step > at or self.step not in (min(at, loop.calibrate_from), at):
+            return False
+        jax.block_until_ready(metrics)
         loop.step_times[self.step] = loop.meter.elapsed() - loop.meter.paused_total
-        if self.step == loop.calibrate_at:
+        if self.step == at:
             loop.eval_s = self._fit_schedule_to_budget(loop)
+        return True
 
     def _evaluate_if_due(self, loop: _Loop, last: bool) -> dict[str, float] | None:
         if not (self.step % self.c.eval_interval == 0 or last):
@@ -182,11 +219,9 @@ class TrainingLoop:
         return evals
 
     def _checkpoint(self, loop: _Loop, evals: dict | None, val_ok: bool, is_best: bool) -> bool:
-        """Read this step's loss first (a diverged step's params are never saved), then save; False
-        when the step diverged."""
-        ok = loop.meter.consume(*loop.pending, guard=loop.guard)
-        loop.pending = None
-        if not ok or not val_ok:
+        """Save this step (its losses are already read and judged); False when its validation loss
+        diverged (a diverged step's params are never saved)."""
+        if not val_ok:
             return False
         if is_best:
             loop.best.update(val_loss=evals["val_loss"], step=self.step)
@@ -202,17 +237,24 @@ class TrainingLoop:
         return True
 
     def _fit_schedule_to_budget(self, loop: _Loop) -> float:
-        """From the measured step time, set cosine_cycle_iters (and the step count) so the schedule
-        ends with the budget, then recompile the step with that schedule. Returns the eval + sample time."""
+        """From the measured warm step time, set cosine_cycle_iters (and the step count) so the schedule
+        ends with the budget, final evaluation included, then recompile the step with that schedule.
+        Compiles (the recompile, the full evaluation's step) are kept off the budget's clock, as the
+        first compile is. Returns the eval + sample time."""
         meter, step_times = loop.meter, loop.step_times
-        first = min(step_times) + min(2, len(step_times) - 2)  # the first steps run slower
-        step_s = (step_times[self.step] - step_times[first]) / max(self.step - first, 1)
+        first, last = min(step_times), max(step_times)
+        step_s = (step_times[last] - step_times[first]) / max(last - first, 1)
         t0 = time.perf_counter()
-        self.evaluate(), self.sample()  # timed once, so the plan leaves room for the evals
-        eval_s = time.perf_counter() - t0
-        meter.pause(eval_s)
-        steps = planned_steps(self.c, self.step, meter.elapsed(), step_s, eval_s, self.train_compile_s)
-        steps, eval_s = agree_on_process_0([steps, eval_s])  # one schedule for all processes: process 0's timing
+        self.evaluate(), self.sample()  # the first call compiles the decoder: not what later evals cost
+        t1 = time.perf_counter()
+        self.evaluate()  # timed warm, so the plan leaves room for the evals
+        t2 = time.perf_counter()
+        self.sample()
+        eval_s, sample_s = t2 - t1, time.perf_counter() - t2
+        meter.pause(time.perf_counter() - t0)
+        loop.final_s = self._full_eval_reserve(meter, eval_s)
+        steps = planned_steps(self.c, self.step, meter.elapsed(), step_s, eval_s + sample_s, 0.0, loop.final_s)
+        steps, eval_s, loop.final_s = agree_on_process_0([steps, eval_s + sample_s, loop.final_s])  # process 0's
         steps = int(steps)
         self.c = dataclasses.replace(self.c, cosine_cycle_iters=steps, max_iterations=steps)
         self.schedule = meter.schedule = learning_rate_schedule(self.c)
@@ -221,12 +263,34 @@ class TrainingLoop:
         self.train_step = compile_train_step(
             self.c, self.graphdef, build_optimizer(self.c, self.schedule), self.layout, self.params, self.opt_state
         )
-        meter.pause(time.perf_counter() - t0)
+        meter.exclude(time.perf_counter() - t0)
         self.tracker.update_config(cosine_cycle_iters=steps, max_iterations=steps)
-        self.tracker.plan_learning_rate(planned_learning_rates(self.schedule, steps))
+        self.planned_lr = meter.planned_lr = planned_learning_rates(self.schedule, steps)
+        self.tracker.plan_learning_rate(self.planned_lr)
         loop.bar.total = steps
-        log.info("wall-clock budget: %.3fs/step, eval %.1fs -> schedule sized to %d steps", step_s, eval_s, steps)
+        log.info(
+            "wall-clock budget: %.4fs/step, eval %.2fs, final full eval %.1fs -> schedule sized to %d steps",
+            step_s,
+            eval_s,
+            loop.final_s,
+            steps,
+        )
         return eval_s
+
+    def _full_eval_reserve(self, meter: Meter, eval_s: float) -> float:
+        """final_eval "full": compile its step now (off the clock) and estimate its time from the warm
+        sampled evaluation's time per token; 0 otherwise."""
+        c = self.c
+        if c.final_eval != "full":
+            return 0.0
+        t0 = time.perf_counter()
+        batch = c.batch_size // c.grad_accum_steps
+        self.full_eval_step = compile_nll_sum(
+            self.graphdef, self.layout, self.params, batch, c.context_length, c.loss_chunk_tokens
+        )
+        meter.exclude(time.perf_counter() - t0)
+        sampled_tokens = max(len(self.val_set), 1) * c.tokens_per_step
+        return eval_s * len(self.val_tokens) / sampled_tokens
 
     def _finish(self, loop: _Loop, stop: StopSignals) -> RunResult:
         """The run's status and summary, written through the tracker."""

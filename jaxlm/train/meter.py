@@ -1,5 +1,10 @@
 """Turns the train step's device metrics into logged rows: the mean train loss since the last row,
-tokens/s with evaluation and checkpoint time excluded, MFU, and the training wall-clock."""
+tokens/s with evaluation and checkpoint time excluded, MFU, and the training wall-clock.
+
+The loop runs ahead of the device: `record` keeps each step's metrics on the device, unread, and
+`drain` fetches all of them in one transfer at the steps where the loop must know them (log,
+evaluation, checkpoint and stop steps), judging every step's loss, so a divergence is reported
+with the step it happened at, at most `log_interval` steps late."""
 
 from __future__ import annotations
 
@@ -37,6 +42,9 @@ class Meter:
         self.start_step = self.last_step = start_step
         self.paused = self.paused_total = 0.0
         self.losses: list[float] = list(window_losses)  # train losses since the last logged row
+        self.unread: list[tuple[int, dict]] = []  # (step, device metrics) recorded but not yet fetched
+        self.grad_norm = float("nan")  # the latest fetched step's
+        self.planned_lr: list[float] = []  # the schedule at steps 0, 1, ..., max_iterations (set by the loop)
         self.last_loss = float("nan")
         self.last_row: dict = {}  # the latest row logged
         self.last_val: float | None = None  # the latest validation loss, shown on the progress bar
@@ -44,6 +52,12 @@ class Meter:
     def pause(self, seconds: float) -> None:
         self.paused += seconds
         self.paused_total += seconds
+
+    def exclude(self, seconds: float) -> None:
+        """Take `seconds` (a compile inside the loop) off every clock: the run's, the segment's, the row's."""
+        self.start += seconds
+        self.segment_start += seconds
+        self.last_time += seconds
 
     def elapsed(self) -> float:
         """Training wall-clock of the whole run, earlier segments (before a resume) included."""
@@ -66,25 +80,45 @@ class Meter:
         seconds = time.perf_counter() - self.segment_start - self.paused_total
         return (step - self.start_step) * self.c.tokens_per_step / max(seconds, 1e-9)
 
-    def consume(self, step: int, metrics, evals: dict | None, guard: DivergenceGuard | None = None) -> bool:
-        """Read one step's metrics, log a row when due; False when `guard` finds the run diverged. A row's
+    def record(self, step: int, metrics) -> None:
+        """Keep step `step`'s metrics (device arrays) for the next `drain`; no host wait."""
+        self.unread.append((step, metrics))
+
+    def drain(self, guard: DivergenceGuard | None = None) -> bool:
+        """Fetch every recorded step's metrics in one transfer and judge each in order; False when
+        `guard` finds a step diverged (its row is logged at that step and later steps are dropped)."""
+        if not self.unread:
+            return True
+        unread, self.unread = self.unread, []
+        fetched = jax.device_get([m for _, m in unread])
+        for (step, _), m in zip(unread, fetched, strict=True):
+            self.last_loss, self.grad_norm = float(m["loss"]), float(m["grad_norm"])
+            self.losses.append(self.last_loss)
+            if guard is not None and not guard.check(step, self.last_loss, self.grad_norm):
+                self.log_row(step, None)
+                return False
+        return True
+
+    def learning_rate(self, step: int) -> float:
+        """The planned rate at `step` (host-side numbers; no JAX call at a log row)."""
+        return self.planned_lr[step] if step < len(self.planned_lr) else float(self.schedule(step))
+
+    def row_due(self, step: int, evals: dict | None) -> bool:
+        return bool(evals) or step % self.c.log_interval == 0 or step == self.c.max_iterations
+
+    def log_row(self, step: int, evals: dict | None) -> None:
+        """Log the row of `step` (everything recorded up to it must be drained) through the tracker. A row's
         `train_loss` is the mean over the steps since the previous row; the bar shows it with the latest
         validation loss."""
         c = self.c
-        m = jax.device_get(metrics)
-        self.last_loss = float(m["loss"])
-        self.losses.append(self.last_loss)
-        ok = guard is None or guard.check(step, self.last_loss, float(m["grad_norm"]))
-        if ok and not (evals or step % c.log_interval == 0 or step == c.max_iterations):
-            return True
         now = time.perf_counter()
         tok_s = (step - self.last_step) * c.tokens_per_step / max(now - self.last_time - self.paused, 1e-9)
         row = {
             "tokens": step * c.tokens_per_step,
             "wallclock_s": now - self.segment_start,
-            "train_loss": float(np.mean(self.losses)),
-            "learning_rate": float(self.schedule(step)),
-            "grad_norm": float(m["grad_norm"]),
+            "train_loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+            "learning_rate": self.learning_rate(step),
+            "grad_norm": self.grad_norm,
             **self.throughput(tok_s),
             **(evals or {}),
         }
@@ -95,4 +129,3 @@ class Meter:
         self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", **val, tok_s=f"{tok_s:,.0f}")
         self.losses.clear()
         self.last_time, self.last_step, self.paused = now, step, 0.0
-        return ok

@@ -135,7 +135,13 @@ def compile_train_step(
     c: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, layout: Layout, params: Any, opt_state: Any
 ):
     """AOT-compiled (params, opt_state, x, y) -> (params, opt_state, metrics); state buffers donated."""
-    step = train_step_fn(graphdef, tx, grad_accum_steps=c.grad_accum_steps, microbatch_sharding=layout.microbatches)
+    step = train_step_fn(
+        graphdef,
+        tx,
+        grad_accum_steps=c.grad_accum_steps,
+        microbatch_sharding=layout.microbatches,
+        loss_chunk=c.loss_chunk_tokens,
+    )
     jitted = jax.jit(
         step,
         in_shardings=(layout.params, layout.opt_state, layout.batch, layout.batch),
@@ -149,7 +155,7 @@ def compile_train_step(
 def compile_eval_step(c: Config, graphdef: nnx.GraphDef, layout: Layout, params: Any):
     """AOT-compiled (params, x, y) -> mean loss (replicated scalar)."""
     jitted = jax.jit(
-        make_loss_fn(graphdef),
+        make_loss_fn(graphdef, c.loss_chunk_tokens),
         in_shardings=(layout.params, layout.batch, layout.batch),
         out_shardings=layout.replicated,
     )

@@ -13,12 +13,23 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxlm.model.transformer import cross_entropy
+from jaxlm.model.loss import chunked_cross_entropy, positions_per_chunk
 
 
-def make_loss_fn(graphdef: nnx.GraphDef):
+def model_loss(model, x_BxT: jax.Array, y_BxT: jax.Array, chunk: int | None = None):
+    """(mean next-token loss, per-position extras) of `model` on one batch, by the chunked cross-entropy
+    (jaxlm.model.loss): the (B, T, V) float32 logits are never held whole when they are large."""
+    b, t = x_BxT.shape
+    h_BxTxD = model.head_input(model.trunk(x_BxT))
+    chunk = positions_per_chunk(b, t, model.head_weight().shape[1], chunk)
+    return chunked_cross_entropy(h_BxTxD, model.head_weight(), y_BxT, chunk)
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, chunk: int | None = None):
+    """(params, x, y) -> mean loss; `chunk`: positions per cross-entropy chunk (None: automatic)."""
+
     def loss_fn(params, x_BxT, y_BxT):
-        return cross_entropy(nnx.merge(graphdef, params)(x_BxT), y_BxT)
+        return model_loss(nnx.merge(graphdef, params), x_BxT, y_BxT, chunk)[0]
 
     return loss_fn
 
@@ -65,9 +76,11 @@ def train_step_fn(
     *,
     grad_accum_steps: int = 1,
     microbatch_sharding: Any = None,
+    loss_chunk: int | None = None,
 ):
     """(params, opt_state, x, y) -> (params, opt_state, {loss, grad_norm}), not yet jitted."""
-    grad_fn = accumulated_value_and_grad(make_loss_fn(graphdef), grad_accum_steps, microbatch_sharding)
+    loss_fn = make_loss_fn(graphdef, loss_chunk)
+    grad_fn = accumulated_value_and_grad(loss_fn, grad_accum_steps, microbatch_sharding)
 
     def train_step(params, opt_state, x_BxT, y_BxT):
         loss, grads = grad_fn(params, x_BxT, y_BxT)

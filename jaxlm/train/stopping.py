@@ -4,9 +4,10 @@ Each rule only *decides*; the training loop acts (skips the checkpoint, saves on
 writes the status), so no signal handler ever touches JAX or the run directory.
 
 Wall-clock budgets (CS336's "race the clock" leaderboard): training time counts
-from the first step (compile and data preparation excluded), evaluations and
-samples included; with `schedule_by: "wallclock"` the cosine schedule is sized so
-that it ends with the budget.
+from the first step (compiles and data preparation excluded, the recompile of a
+sized schedule too), evaluations and samples included; with `schedule_by:
+"wallclock"` the cosine schedule is sized from warm step and evaluation timings
+so that it ends, final evaluation (sampled or full) included, with the budget.
 """
 
 from __future__ import annotations
@@ -110,11 +111,14 @@ def calibration_step(c: Config, start_step: int) -> int | None:
     return min(start_step + CALIBRATION_STEPS, c.max_iterations)
 
 
-def planned_steps(c: Config, step: int, elapsed_s: float, step_s: float, eval_s: float, recompile_s: float) -> int:
+def planned_steps(
+    c: Config, step: int, elapsed_s: float, step_s: float, eval_s: float, recompile_s: float, final_s: float = 0.0
+) -> int:
     """Total steps that fit the budget: the time left pays for steps, the evals among them
-    (one every eval_interval, plus the final one) and one recompile."""
+    (one every eval_interval, plus the final one, plus `final_s` for a final full evaluation) and
+    `recompile_s` (the loop passes 0: it keeps its recompile off the budget's clock)."""
     assert c.max_wallclock_seconds is not None
-    left = c.max_wallclock_seconds - elapsed_s - recompile_s - eval_s
+    left = c.max_wallclock_seconds - elapsed_s - recompile_s - eval_s - final_s
     per_step = step_s + eval_s / c.eval_interval
     more = max(int(math.floor(left / per_step)), 0) if per_step > 0 else c.max_iterations
     return max(min(step + more, c.max_iterations), c.warmup_iters, step + 1)

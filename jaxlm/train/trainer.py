@@ -137,7 +137,9 @@ class Trainer(TrainingLoop):
         c = self.c
         batch = c.batch_size // c.grad_accum_steps
         if self.full_eval_step is None:
-            self.full_eval_step = compile_nll_sum(self.graphdef, self.layout, self.params, batch, c.context_length)
+            self.full_eval_step = compile_nll_sum(
+                self.graphdef, self.layout, self.params, batch, c.context_length, c.loss_chunk_tokens
+            )
         r = evaluate_tokens(
             self.val_tokens,
             self.graphdef,

@@ -26,8 +26,12 @@ def test_planned_steps_pays_for_steps_evals_and_recompile(tiny_config):
     assert out_of_time(c, 100.0) and not out_of_time(c, 99.9) and not out_of_time(tiny_config(), 1e9)
 
 
+W = 15.0  # seconds: long enough that a step or a log row is a small part of it, short for a test
+
+
 @pytest.mark.slow
-def test_run_stops_at_the_budget_and_records_the_sized_schedule(tmp_path, tiny_config):
+def test_run_ends_within_the_budget_final_eval_included(tmp_path, tiny_config):
+    """schedule_by=wallclock: the run, its final evaluation included, ends in [0.93 W, 1.02 W]."""
     tokens = np.random.default_rng(0).integers(0, 64, 20_000).astype(np.uint16)
     np.save(tmp_path / "train.npy", tokens)
     np.save(tmp_path / "val.npy", tokens[:2_000])
@@ -35,35 +39,30 @@ def test_run_stops_at_the_budget_and_records_the_sized_schedule(tmp_path, tiny_c
         **tiny_config().to_dict(),
         "vocab_size": 64,
         "max_iterations": 1_000_000,
+        "warmup_iters": 10,
         "eval_interval": 1_000_000,
-        "max_wallclock_seconds": 6.0,
+        "log_interval": 50,
+        "max_wallclock_seconds": W,
         "schedule_by": "wallclock",
         "sample_tokens": 0,
         "train_data_path": str(tmp_path / "train.npy"),
         "val_data_path": str(tmp_path / "val.npy"),
     }
     (tmp_path / "budget.json").write_text(json.dumps(config))
-    code = launch.main(
-        [
-            "--config",
-            str(tmp_path / "budget.json"),
-            "--output-dir",
-            str(tmp_path / "runs"),
-            "--quiet",
-            "--no-experiment-log",
-        ]
-    )
-    assert code == 0
+    args = ["--config", str(tmp_path / "budget.json"), "--output-dir", str(tmp_path / "runs"), "--quiet"]
+    assert launch.main([*args, "--no-experiment-log"]) == 0
     run = tmp_path / "runs" / "budget"
     summary = json.loads((run / "summary.json").read_text())
     resolved = json.loads((run / "config.json").read_text())
-    assert summary["status"] == "completed" and summary["stopped_by"] == "wallclock"
-    assert 10 < summary["steps"] < 1_000_000
-    assert (
-        summary["wallclock_s"] < 6.0 + 5.0
-    )  # stops on time, give or take the last step and eval (slack for loaded CI)
-    # the schedule was sized to the budget and written down for a resume
-    assert resolved["cosine_cycle_iters"] == resolved["max_iterations"] < 1_000_000
-    assert summary["steps"] <= resolved["max_iterations"]
+    planned = resolved["max_iterations"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == summary["steps"] and "val_loss" in rows[-1]  # the final eval happened
+    ended = rows[-1]["wallclock_s"]  # logged when the final evaluation is done (the last save comes after)
+    print(
+        f"W {W}s: planned {planned} steps, ran {summary['steps']}, final eval done at {ended:.2f}s, "
+        f"run closed (last checkpoint written) at {summary['wallclock_s']:.2f}s"
+    )
+    assert summary["status"] == "completed" and summary["stopped_by"] == "wallclock"
+    assert 0.93 * W <= ended <= 1.02 * W
+    # the schedule was sized to the budget and written down for a resume
+    assert resolved["cosine_cycle_iters"] == planned < 1_000_000 and 100 < summary["steps"] <= planned
