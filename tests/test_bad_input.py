@@ -179,7 +179,7 @@ def test_overwrite_replaces_only_after_validation(tmp_path, trained, capsys):
     assert run(tmp_path, {**config, "max_iterations": 2, "cosine_cycle_iters": 2}, "--overwrite") == EXIT_OK
     assert not (out / "run" / "old-marker").exists()
     assert json.loads((out / "run" / "summary.json").read_text())["steps"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["run"]  # nothing left aside
+    assert sorted(p.name for p in out.iterdir()) == ["EXPERIMENT_LOG.md", "run"]  # nothing left aside
 
 
 def test_resume_without_checkpoint(tmp_path, capsys):

@@ -171,5 +171,8 @@ def test_wheels_are_installed_first_and_a_spent_budget_skips_parts(tmp_path):
     assert p.returncode == 1, p.stdout + p.stderr
     assert "installed from " in p.stdout and "tensorboardx-0.0-py3-none-any.whl" in p.stdout
     rows = table_rows((out / "report.md").read_text())
-    assert rows and all(r[4] in ("skipped", "timeout", "info") for r in rows if r[0] != "total"), rows
+    # the env part may finish inside 10 s or not (machine load); nothing after it may run
+    later = [r for r in rows if r[0] not in ("env", "total")]
+    assert later and all(r[4] in ("skipped", "timeout", "info") for r in later), rows
+    assert any(r[4] == "skipped" for r in later), rows
     assert p.stderr.strip() == f"gpu_check: FAILED (logs in {out})"

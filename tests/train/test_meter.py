@@ -26,7 +26,10 @@ def test_rows_average_the_window_and_the_bar_carries_the_latest_val_loss(tiny_co
     meter = Meter(c, lambda step: 1e-3, tracker, bar, start_step=0)
     for step, loss in enumerate([4.0, 2.0, 3.0, 1.0, 5.0, 3.0], start=1):
         evals = {"val_loss": 2.5} if step == 4 else None
-        assert meter.consume(step, {"loss": loss, "grad_norm": 1.0}, evals)
+        meter.record(step, {"loss": loss, "grad_norm": 1.0})
+        if meter.row_due(step, evals):  # the loop drains at every step that logs, evaluates or saves
+            assert meter.drain()
+            meter.log_row(step, evals)
     assert [r["train_loss"] for r in tracker.rows] == [3.0, 2.0, 4.0]  # means of (4, 2), (3, 1), (5, 3)
     assert [p["loss"] for p in bar.postfixes] == ["3.000", "2.000", "4.000"]
     assert [p.get("val") for p in bar.postfixes] == [None, "2.500", "2.500"]  # kept until the next eval
