@@ -367,7 +367,10 @@ def validate(c: Config) -> None:
     if c.warmup_iters < 0:
         raise ConfigError(f"config key 'warmup_iters': must be >= 0, got {c.warmup_iters}")
     if c.warmup_iters > c.max_iterations:
-        raise ConfigError(f"config key 'warmup_iters': {c.warmup_iters} exceeds max_iterations={c.max_iterations}")
+        raise ConfigError(
+            f"config key 'warmup_iters': {c.warmup_iters} exceeds max_iterations={c.max_iterations} "
+            f"(for a short try, lower it too: --set warmup_iters={c.max_iterations // 10})"
+        )
     if c.min_learning_rate < 0 or c.min_learning_rate > c.learning_rate:
         raise ConfigError(
             f"config key 'min_learning_rate': {c.min_learning_rate} must be in [0, learning_rate={c.learning_rate}]"

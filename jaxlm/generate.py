@@ -48,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         which = parse_checkpoint(args.checkpoint)
         import jaxlm
+        from jaxlm.train.checkpoint import load_with_step
 
-        model, _ = jaxlm.load_run(args.run, which)
+        model, _, step = load_with_step(args.run, which)
         tokenizer = jaxlm.load_tokenizer(args.run)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    print(f"sampling from {args.run}, checkpoint {args.checkpoint} (step {step})", file=sys.stderr)
     texts = jaxlm.sample(
         model,
         tokenizer,

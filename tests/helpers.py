@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,19 @@ def working_tree_paths(root: Path) -> set[str] | None:
         if entry[:2] in ("??", "!!") and not any(part.startswith(CACHE_PARTS) for part in Path(path).parts):
             paths.add(path)
     return paths
+
+
+@contextlib.contextmanager
+def group_umask():
+    """Run with umask 027 (group may read, others nothing), as on a shared course cluster, so a test can
+    tell modes a library chose (0600 files, 0700 folders) from the ones the umask gives (0640, 0750)."""
+    old = os.umask(0o027)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def modes(root: Path) -> dict[str, int]:
+    """Permission bits of `root` and of everything below it, by path relative to `root`."""
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}

@@ -90,6 +90,9 @@ def prepare_corpus(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_staging(out_dir, dead_only=True)  # what an earlier, killed `prepare` of this --out left behind
     work = Path(tempfile.mkdtemp(prefix=_staging_name(out_dir, "tmp"), dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the output is readable as the user's umask says
     try:  # built whole in `work`, then renamed into place: a failure leaves `out_dir` as it was
         report = _build(train, valid, work, vocab_size, tokenizer, special_tokens, progress)
         _swap_into_place(work, out_dir)

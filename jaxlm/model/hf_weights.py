@@ -119,9 +119,7 @@ def export_hf(params, config: Config, tokenizer_files: dict[str, dict], eos_id: 
 
     Refuses (UserError) an ablation Llama cannot express, or an `out_dir` that is a non-empty
     directory, before anything is written. Each file is written to a temporary name and renamed."""
-    from safetensors.numpy import save_file
-
-    from jaxlm.model.weights import to_cs336_tensors
+    from jaxlm.model.weights import save_tensors, to_cs336_tensors
 
     check_llama_compatible(config)
     out = Path(out_dir)
@@ -130,7 +128,7 @@ def export_hf(params, config: Config, tokenizer_files: dict[str, dict], eos_id: 
     tensors = to_hf_tensors(to_cs336_tensors(params), config)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt", "jaxlm_config": json.dumps(config.to_dict())})
+    save_tensors(tensors, tmp, {"format": "pt", "jaxlm_config": json.dumps(config.to_dict())})
     tmp.rename(out / "model.safetensors")
     _write_json(out / "config.json", llama_config(config, eos_id))
     _write_json(

@@ -102,17 +102,26 @@ def model_config_dict(config: Config) -> dict:
     return {key: getattr(config, key) for key in MODEL_KEYS}
 
 
-def export_safetensors(params: nnx.State, config: Config, out: str | Path) -> tuple[Path, Path]:
-    """Write `out` (.safetensors, config in its metadata) and the config JSON beside it."""
+def save_tensors(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' `save_file`, then the mode a plain `open` would give (safetensors makes files 0600,
+    which the rest of a course group on a shared cluster cannot read)."""
     from safetensors.numpy import save_file
 
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def export_safetensors(params: nnx.State, config: Config, out: str | Path) -> tuple[Path, Path]:
+    """Write `out` (.safetensors, config in its metadata) and the config JSON beside it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model_config = model_config_dict(config)
     config_path = out.with_suffix(".json")
     tmp_out, tmp_config = (p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in (out, config_path))
     try:  # both written to temporary names first: a failure leaves no half file under either name
-        save_file(to_cs336_tensors(params), str(tmp_out), metadata={"jaxlm_config": json.dumps(config.to_dict())})
+        save_tensors(to_cs336_tensors(params), tmp_out, {"jaxlm_config": json.dumps(config.to_dict())})
         tmp_config.write_text(json.dumps(model_config, indent=2, allow_nan=False) + "\n")
         os.replace(tmp_out, out)
         os.replace(tmp_config, config_path)

@@ -301,11 +301,17 @@ def load(run_dir: str | Path, which: str | int = "best") -> tuple[nnx.Module, Co
 
     Only the params are read (not the optimizer state); arrays land on JAX's default device.
     """
+    model, config, _ = load_with_step(run_dir, which)
+    return model, config
+
+
+def load_with_step(run_dir: str | Path, which: str | int = "best") -> tuple[nnx.Module, Config, int]:
+    """`load`, and the step of the checkpoint `which` named (what a command tells its user it used)."""
     from jaxlm.model.transformer import abstract_model
 
     config = RunDir(run_dir).config()
     graphdef, params_shape = abstract_model(config)
     device = jax.sharding.make_single_device_sharding(jax.devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), params_shape)
-    params, _ = restore_params(run_dir, which, target)
-    return nnx.merge(graphdef, params), config
+    params, step = restore_params(run_dir, which, target)
+    return nnx.merge(graphdef, params), config, step

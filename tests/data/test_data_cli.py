@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers import group_umask, modes
 from jaxlm.data.__main__ import main
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.data.tokens import meta_path
@@ -39,23 +40,10 @@ def test_prepare_gz_train_and_txt_valid(tmp_path, capsys):
     valid = tmp_path / "valid.txt"
     valid.write_text(valid_text)
     out = tmp_path / "prepared"
-    assert (
-        main(
-            [
-                "prepare",
-                "--train",
-                str(train),
-                "--valid",
-                str(valid),
-                "--vocab-size",
-                "300",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    with group_umask():
+        args = ["--train", str(train), "--valid", str(valid), "--vocab-size", "300", "--out", str(out), "--quiet"]
+        assert main(["prepare", *args]) == 0
+    assert {mode for name, mode in modes(out).items() if name != "."} == {0o640} and modes(out)["."] == 0o750
     printed = capsys.readouterr().out
     assert "MB/s" in printed and "bytes/token" in printed
 

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from helpers import group_umask, modes
 from jaxlm.errors import DataError
 from jaxlm.model.transformer import build_model
 from jaxlm.model.weights import export_safetensors, import_safetensors
@@ -130,7 +131,9 @@ def test_cli_writes_weights_and_config(tiny_config, tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(checkpoint, "load", lambda run_dir, which: (model, c))
     out = tmp_path / "out" / "m.safetensors"
-    assert export.main(["--run", str(tmp_path), "--out", str(out)]) == 0
+    with group_umask():
+        assert export.main(["--run", str(tmp_path), "--out", str(out)]) == 0
+    assert modes(out.parent) == {".": 0o750, "m.safetensors": 0o640, "m.json": 0o640}  # safetensors says 0600
     assert load_file(str(out))["token_embeddings.weight"].shape == (c.vocab_size, c.d_model)
     assert json.loads(out.with_suffix(".json").read_text())["num_layers"] == c.num_layers
     assert export.main(["--run", str(tmp_path), "--out", str(tmp_path / "m.pt")]) == 2

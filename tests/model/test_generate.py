@@ -166,7 +166,6 @@ def test_cli_on_a_folder_that_is_not_a_run_fails_in_one_line(tmp_path, capsys):
 
 def test_cli_prints_samples_from_a_run(tiny_config, tmp_path, capsys, monkeypatch):
     """The CLI end to end, with the checkpoint loader swapped for a freshly built model."""
-    import jaxlm
     from jaxlm.data.tokenizer import train_tokenizer
 
     c = tiny_config(context_length=16)
@@ -174,7 +173,9 @@ def test_cli_prints_samples_from_a_run(tiny_config, tmp_path, capsys, monkeypatc
     text.write_text("Once upon a time there was a cat.<|endoftext|>The dog ran.\n" * 50)
     run = tmp_path / "run"
     train_tokenizer([text], 300, run)  # <run>/tokenizer.json is where the CLI looks first
-    monkeypatch.setattr(jaxlm, "load_run", lambda run_dir, which: (build_model(c), c))
+    import jaxlm.train.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "load_with_step", lambda run_dir, which: (build_model(c), c, 7))
     assert (
         main(
             [
@@ -192,7 +193,8 @@ def test_cli_prints_samples_from_a_run(tiny_config, tmp_path, capsys, monkeypatc
         )
         == 0
     )
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert err == f"sampling from {run}, checkpoint best (step 7)\n"  # which checkpoint, off stdout
     samples = [s.strip() for s in out.split("--- sample")[1:]]
     assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("Once upon") for s in samples)
     assert samples[0].split("\n", 1)[1] == samples[1].split("\n", 1)[1]  # greedy: identical

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 import jaxlm.export as export
+from helpers import group_umask, modes
 from jaxlm.data.tokenizer import hf_tokenizer_files, train_tokenizer
 from jaxlm.errors import UserError
 from jaxlm.model.hf_weights import check_llama_compatible, export_hf, rotate_half_permutation
@@ -134,7 +135,9 @@ def test_cli_hf_format(tiny_config, tmp_path, monkeypatch, capsys, tokenizer):
     monkeypatch.setattr(checkpoint, "load", lambda run_dir, which: (model, c))
     monkeypatch.setattr(jaxlm, "load_tokenizer", lambda run_dir: tokenizer)
     out = tmp_path / "hf"
-    assert export.main(["--run", str(tmp_path), "--format", "hf", "--out", str(out)]) == 0
+    with group_umask():
+        assert export.main(["--run", str(tmp_path), "--format", "hf", "--out", str(out)]) == 0
+    assert set(modes(out).values()) == {0o750, 0o640}  # the folder, then files safetensors alone makes 0600
     assert {p.name for p in out.iterdir()} == {
         "model.safetensors",
         "config.json",
