@@ -10,11 +10,11 @@
 model's size is allocated) and prints one JSON line from `compiled.memory_analysis()`: temp_bytes,
 argument_bytes, output_bytes, alias_bytes (one device's buffers, as XLA assigns them).
 
-What is timed is the train step the Trainer runs: built like jaxlm/train.py builds it
-(jaxlm.train.sharding's build_mesh, init_state, compile_train_step: same mesh, shardings,
-donation, gradient accumulation), so any speed work in the model or the step shows up
-here. It runs on one fixed batch of random tokens already on the device, as the torch
-reference does: host-side batch reading is not timed (`--memory` exercises that path).
+What is timed is the train step the Trainer runs, built by jaxlm.train.probe as the Trainer
+builds it (jaxlm.train.sharding's build_mesh, init_state, compile_train_step: same mesh, shardings,
+donation, gradient accumulation; the probe `launch --dry-run --estimate` uses), so any speed
+work in the model or the step shows up here. It runs on one fixed batch of random tokens already
+on the device, as the torch reference does: host-side batch reading is not timed (`--memory` exercises that path).
 
 Timing: after `--warmup` steps, each of the `--steps` timed steps is dispatched and then
 blocked on (params, optimizer state and metrics all ready) before the next starts, as the
@@ -123,60 +123,37 @@ def measure_cpu_peak(n: int = 2048, repeats: int = 5) -> float:
 def bench_point(c, steps: int, warmup: int) -> dict:
     """Compile and time the Trainer's train step for config `c`; the JSON line's fields."""
     import jax
-    import numpy as np
 
     from jaxlm.tracking.records import mfu
     from jaxlm.train.flops import flops_per_token
     from jaxlm.train.hardware import peak_flops_for
-    from jaxlm.train.optim import build_optimizer, learning_rate_schedule
-    from jaxlm.train.sharding import build_mesh, compile_train_step, init_state
+    from jaxlm.train.probe import probe_train_step
 
-    mesh = build_mesh(c)
-    tx = build_optimizer(c, learning_rate_schedule(c))
-    graphdef, params, opt_state, layout = init_state(c, tx, mesh)
-    n_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
-    t0 = time.perf_counter()
-    train_step = compile_train_step(c, graphdef, tx, layout, params, opt_state)
-    compile_s = time.perf_counter() - t0
-    rng = np.random.default_rng(c.seed)
-    x, y = (rng.integers(0, c.vocab_size, (c.batch_size, c.context_length), dtype=np.int32) for _ in range(2))
-    rows = layout.local_rows(c.batch_size)
-    x, y = layout.put_batch(x[rows], y[rows], c.batch_size)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        params, opt_state, metrics = train_step(params, opt_state, x, y)
-    jax.block_until_ready((params, opt_state))
-    warmup_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        params, opt_state, metrics = train_step(params, opt_state, x, y)
-        jax.block_until_ready((params, opt_state, metrics))
-        times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
+    probe = probe_train_step(c, steps, warmup)
+    step_s, times, n_devices = probe.step_s, probe.times, len(probe.devices)
     tokens_per_sec = c.batch_size * c.context_length / step_s
     fpt = flops_per_token(c)
-    device = mesh.devices.flat[0]
+    device = probe.devices[0]
     if device.platform == "cpu":  # no datasheet peak: the matmul peak of this process (all its cores)
         peak, source = measure_cpu_peak(), CPU_PEAK_SOURCE
         util = mfu(tokens_per_sec, fpt, 1, peak)
     else:
         per_device = peak_flops_for(device, c.dtype)
-        peak, source = (None, None) if per_device is None else (per_device * mesh.size, DATASHEET)
-        util = mfu(tokens_per_sec, fpt, mesh.size, per_device)
+        peak, source = (None, None) if per_device is None else (per_device * n_devices, DATASHEET)
+        util = mfu(tokens_per_sec, fpt, n_devices, per_device)
     return {
         "impl": "jaxlm",
         "jax": jax.__version__,
         "backend": device.platform,
         "device_kind": device.device_kind,
-        "devices": mesh.size,
-        "params": n_params,
+        "devices": n_devices,
+        "params": probe.params,
         "batch_size": c.batch_size,
         "context_length": c.context_length,
         "dtype": c.dtype,
         "flops_per_token": fpt,
-        "compile_s": round(compile_s, 3),
-        "warmup_s": round(warmup_s, 3),
+        "compile_s": round(probe.compile_s, 3),
+        "warmup_s": round(probe.warmup_s, 3),
         "steps": steps,
         "timing": f"median of {steps} steps, each blocked on",
         "step_ms": round(step_s * 1e3, 3),
@@ -187,7 +164,7 @@ def bench_point(c, steps: int, warmup: int) -> dict:
         "peak_gflops_per_sec": None if peak is None else round(peak / 1e9, 1),
         "peak_source": source,
         "mfu": None if util is None else round(util, 5),
-        "final_loss": round(float(metrics["loss"]), 4),
+        "final_loss": round(probe.final_loss, 4),
     }
 
 

@@ -1,7 +1,7 @@
 """A short probe of the train step for `launch --dry-run --estimate`: build the step the Trainer runs
 (same mesh, shardings, donation, accumulation; jaxlm.train.sharding), compile it, run it on one batch
 of random tokens, and time a few steps, so the training time of a config can be estimated on this
-device before any data exists. (`jaxlm.bench` times the same step with more statistics.)"""
+device before any data exists. `jaxlm.bench` reports the same probe with more statistics."""
 
 from __future__ import annotations
 
@@ -14,9 +14,22 @@ from jaxlm.config import Config
 
 @dataclass(frozen=True)
 class Probe:
+    """What timing the train step found: compile and warmup seconds, each timed step's seconds."""
+
     compile_s: float
-    step_s: float  # median of the timed steps, each blocked on
-    steps: int
+    warmup_s: float
+    times: tuple[float, ...]  # each timed step, blocked on
+    params: int  # parameter count
+    devices: tuple  # the mesh's devices, in mesh order
+    final_loss: float  # the last timed step's loss
+
+    @property
+    def steps(self) -> int:
+        return len(self.times)
+
+    @property
+    def step_s(self) -> float:
+        return statistics.median(self.times)
 
     def estimate_s(self, c: Config) -> float:
         """Training time of `c`: its steps at the probed rate, plus its evaluations (a forward pass over
@@ -36,6 +49,7 @@ def probe_train_step(c: Config, steps: int = 3, warmup: int = 1) -> Probe:
     mesh = build_mesh(c)
     tx = build_optimizer(c, learning_rate_schedule(c))
     graphdef, params, opt_state, layout = init_state(c, tx, mesh)
+    n_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
     t0 = time.perf_counter()
     train_step = compile_train_step(c, graphdef, tx, layout, params, opt_state)
     compile_s = time.perf_counter() - t0
@@ -43,16 +57,18 @@ def probe_train_step(c: Config, steps: int = 3, warmup: int = 1) -> Probe:
     x, y = (rng.integers(0, c.vocab_size, (c.batch_size, c.context_length), dtype=np.int32) for _ in range(2))
     rows = layout.local_rows(c.batch_size)
     x, y = layout.put_batch(x[rows], y[rows], c.batch_size)
+    t0 = time.perf_counter()
     for _ in range(warmup):
-        params, opt_state, _ = train_step(params, opt_state, x, y)
+        params, opt_state, metrics = train_step(params, opt_state, x, y)
     jax.block_until_ready((params, opt_state))
+    warmup_s = time.perf_counter() - t0
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         params, opt_state, metrics = train_step(params, opt_state, x, y)
         jax.block_until_ready((params, opt_state, metrics))
         times.append(time.perf_counter() - t0)
-    return Probe(compile_s, statistics.median(times), steps)
+    return Probe(compile_s, warmup_s, tuple(times), n_params, tuple(mesh.devices.flat), float(metrics["loss"]))
 
 
 def describe_estimate(c: Config) -> str:
