@@ -141,6 +141,7 @@ def test_a_missing_module_without_wheels_is_one_line_and_leaves_the_old_logs(tmp
     assert (out / "report.md").read_text() == "the last run's table\n"
 
 
+@pytest.mark.slow  # an install and the env part (~15 s)
 def test_wheels_are_installed_first_and_a_spent_budget_skips_parts(tmp_path):
     """A module the python lacks comes from --wheels (here a stand-in tensorboardX wheel); a budget too small
     for any part gives a table of skipped parts and exit 1."""

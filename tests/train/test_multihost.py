@@ -184,6 +184,7 @@ def test_process_0_refused_the_run_directory_stops_every_process(tmp_path):
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"  # left as it was
 
 
+@pytest.mark.slow  # two trainings twice (~50 s); still run on every jax by .ci/run (multiprocess)
 def test_two_process_cpu_runs_keep_out_of_the_compilation_cache(tmp_path):
     """A 2-process CPU run compiles afresh rather than loading its collectives from the persistent
     cache (with jaxlib 0.12.1 such executables hang in Gloo: docs/jax-versions.md). The same 2-process
