@@ -17,8 +17,8 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +89,9 @@ def prepare_corpus(
         raise DataError(f"--out '{out_dir}': already exists and is not empty (choose another, or pass --force)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_staging(out_dir, dead_only=True)  # what an earlier, killed `prepare` of this --out left behind
-    work = Path(tempfile.mkdtemp(prefix=_staging_name(out_dir, "tmp"), dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    work.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the output is readable as the user's umask says
+    # A plain mkdir, not mkdtemp (0700): the output folder gets the mode the user's umask says.
+    work = out_dir.parent / f"{_staging_name(out_dir, 'tmp')}{uuid.uuid4().hex[:8]}"
+    work.mkdir()
     try:  # built whole in `work`, then renamed into place: a failure leaves `out_dir` as it was
         report = _build(train, valid, work, vocab_size, tokenizer, special_tokens, progress)
         _swap_into_place(work, out_dir)
