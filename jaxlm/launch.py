@@ -282,7 +282,7 @@ def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: P
     record_killed(run_dir)
     record_killed_runs(run_dir.parent)
     log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(run_dir.parent))
-    tracking = {"experiment_log": log_path, "overrides": args.overrides}
+    tracking = {"experiment_log": log_path, "overrides": args.overrides, "background": True}
     record = {"name": name, **config.to_dict()}  # what config.json holds
     if args.resume is not None:
         RunDir(run_dir).save_config(config)

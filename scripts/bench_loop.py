@@ -1,6 +1,6 @@
 """Loop efficiency: how much of a real training run's time is the train step itself.
 
-    uv run python scripts/bench_loop.py [--code DIR ...] [--preset tiny|quickstart ...] [--repeats 1]
+    uv run python scripts/bench_loop.py [--code DIR ...] [--preset tiny|tiny_eval|quickstart ...] [--repeats 1]
 
 For each code tree (`--code`, default this checkout; pass a `git worktree` of main to get a
 "before" number beside the "after" one) and each preset, two subprocesses run with that tree
@@ -8,7 +8,7 @@ first on the import path:
 
 - the bare step: `python -m jaxlm.bench` (the same build and compiled step the Trainer runs,
   each step blocked on), its median `step_ms`;
-- a real run: `python -m jaxlm.launch` of the same config (no evaluation before the last step,
+- a real run: `python -m jaxlm.launch` of the same config (no evaluation before the last step unless the preset says,
   no checkpoints, no sample, `log_interval` as below), its steps/s read from `metrics.csv`'s
   `wallclock_s` between two logged steps (the first ones, which compile and warm up, excluded).
 
@@ -17,6 +17,8 @@ host_ms_per_step = 1000 / loop steps/s - bare step_ms. One line per point and a 
 
 Presets: `tiny` is quickstart shrunk to a step about as short as a GPU's (d_model=32, one
 layer, context 16, batch 4, vocab 512; 3,000 steps, log_interval=100, window 500..2,900);
+`tiny_eval` is `tiny` with a 2-batch evaluation every 250 steps (each refreshes metrics.json and
+the plots: the window's time includes them, and the evaluations, the same work in every tree);
 `quickstart` is configs/quickstart.json itself (~300 ms step on a 2-core CPU; 150 steps,
 log_interval=10, window 30..150).
 """
@@ -36,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["d_model=32", "num_layers=1", "num_heads=1", "d_ff=64", "context_length=16", "batch_size=4", "vocab_size=512"]
 PRESETS = {  # name: (overrides, launch steps, log_interval, window start, window end, bench steps)
     "tiny": (TINY, 3000, 100, 500, 2900, 400),
+    "tiny_eval": ([*TINY, "eval_interval=250", "eval_batches=2"], 3000, 100, 500, 2900, 400),
     "quickstart": ([], 150, 10, 30, 150, 10),
 }
 NO_EXTRAS = ["checkpoint_interval=1000000", "eval_interval=1000000", "sample_tokens=0", "warmup_iters=0"]
@@ -59,7 +62,7 @@ def bare_step_ms(code: Path, sets: list[str], steps: int) -> float:
 
 def loop_steps_per_s(code: Path, sets: list[str], steps: int, log_interval: int, start: int, end: int) -> float:
     with tempfile.TemporaryDirectory(prefix="bench_loop_") as out:
-        sets = sets + NO_EXTRAS + [f"max_iterations={steps}", f"log_interval={log_interval}"]
+        sets = NO_EXTRAS + sets + [f"max_iterations={steps}", f"log_interval={log_interval}"]
         args = ["-m", "jaxlm.launch", "--config", str(REPO / "configs/quickstart.json"), "--quiet"]
         args += ["--output-dir", out, "--name", "loop", "--no-experiment-log"] + [a for s in sets for a in ("--set", s)]
         run(code, args, 1800)
@@ -71,12 +74,12 @@ def loop_steps_per_s(code: Path, sets: list[str], steps: int, log_interval: int,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--code", action="append", type=Path, help="code tree to measure (repeatable; default: this one)")
-    p.add_argument("--preset", action="append", choices=sorted(PRESETS), help="default: tiny and quickstart")
+    p.add_argument("--preset", action="append", choices=sorted(PRESETS), help="default: all")
     p.add_argument("--repeats", type=int, default=1, help="measure each point this many times, interleaved")
     a = p.parse_args()
     codes = [c.resolve() for c in (a.code or [REPO])]
     rows = []
-    for preset in a.preset or ["tiny", "quickstart"]:
+    for preset in a.preset or list(PRESETS):
         sets, steps, log_interval, start, end, bench_steps = PRESETS[preset]
         for rep in range(a.repeats):
             for code in codes:

@@ -69,6 +69,11 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def json_text(obj: Any) -> str:
+    """`obj` as the strict, indented JSON text jaxlm's records hold (non-finite floats as strings)."""
+    return json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write strict JSON atomically (see `write_text`)."""
-    write_text(path, json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
+    write_text(path, json_text(obj))

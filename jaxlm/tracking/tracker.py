@@ -4,8 +4,11 @@ Rows go to `metrics.csv` and `metrics.jsonl`, flushed one by one, so a crashed
 run keeps everything it logged. At each eval row (a row with `val_loss`) and at
 the end it rewrites `metrics.json`, `loss_curves.png` and `lr_schedule.png`, so a
 running or crashed run already has them. TensorBoard events are written as rows
-arrive. `finalize` writes the final summary, the TensorBoard hparams and one
-EXPERIMENT_LOG.md entry. With `wandb_project` in the config, W&B gets the same records
+arrive. With `background=True` (what `jaxlm.launch` uses) every write happens on
+the tracker's own threads (jaxlm/tracking/writer.py), in order, so the training
+loop never waits for a file, a plot or TensorBoard; `flush` waits for them.
+`finalize` writes everything still queued, then the final summary, the TensorBoard
+hparams and one EXPERIMENT_LOG.md entry. With `wandb_project` in the config, W&B gets the same records
 (jaxlm/tracking/wandb_log.py). No JAX here: any training loop (even a PyTorch one) can
 use it.
 """
@@ -18,12 +21,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jaxlm.tracking import explog, killed, plots
-from jaxlm.tracking.fmt import as_float, json_safe, write_json
+from jaxlm.tracking.fmt import as_float, json_safe, json_text, write_json, write_text
 from jaxlm.tracking.outputs import OutputError
 from jaxlm.tracking.records import (
     META_KEYS,
@@ -41,16 +44,9 @@ from jaxlm.tracking.records import (
 )
 from jaxlm.tracking.runlock import LOCK_FILE
 from jaxlm.tracking.runs import read_rows
+from jaxlm.tracking.writer import Lane, safely
 
 log = logging.getLogger(__name__)
-
-
-def _safely(what: str, fn: Callable[[], Any]) -> None:
-    """Plots, TensorBoard and the log are records, not the run: a failure there is logged, never raised."""
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001
-        log.warning("could not write %s: %s: %s", what, type(e).__name__, e)
 
 
 class ExperimentTracker:
@@ -70,6 +66,7 @@ class ExperimentTracker:
         overrides: Sequence[str] = (),
         resume_from_step: int | None = None,
         resume_wallclock_s: float | None = None,
+        background: bool = False,
     ):
         self.name = name or experiment_name
         if not self.name:
@@ -92,6 +89,8 @@ class ExperimentTracker:
             self._reopen(config, resume_from_step)
             if resume_wallclock_s is not None:  # the caller knows better than the last row (e.g. a checkpoint)
                 self.wallclock_offset = float(resume_wallclock_s)
+        self._rows_lane = Lane("jaxlm-records", threaded=background)  # files, summary, TensorBoard, W&B
+        self._refresh_lane = Lane("jaxlm-plots", latest_only=True, threaded=background)  # metrics.json, plots
         if make_plots:
             threading.Thread(target=plots.preload, name="matplotlib-preload", daemon=True).start()
         self.tb = None
@@ -230,13 +229,14 @@ class ExperimentTracker:
         ordered = {k: row.get(k) for k in METRIC_COLUMNS}
         ordered.update({k: v for k, v in row.items() if k not in ordered})
         row = {k: json_safe(v) for k, v in ordered.items()}
+        self._rows_lane.check()  # a metric file that could not be written fails the run, one row late at most
         self.rows.append(row)
-        self.files.write(row)
+        self._rows_lane.submit("metrics.csv", lambda: self.files.write(row), essential=True)
         self.write_progress()
         if self.tb is not None:
-            _safely("TensorBoard scalars", lambda: self.tb.log_row(row))
+            self._rows_lane.submit("TensorBoard scalars", lambda: self.tb.log_row(row))
         if self.wandb is not None:
-            _safely("W&B scalars", lambda: self.wandb.log_row(row))
+            self._rows_lane.submit("W&B scalars", lambda: self.wandb.log_row(row))
         if val_loss is not None:
             self.refresh()
         return row
@@ -254,38 +254,51 @@ class ExperimentTracker:
 
     def log_sample(self, step: int, prompt: str, text: str) -> None:
         """Append a generated sample to samples.txt (and TensorBoard's Text tab)."""
-        with open(self.run_dir / "samples.txt", "a") as f:
-            f.write(f"=== step {step} | prompt: {prompt!r}\n{text}\n\n")
-        if self.tb is not None:
-            _safely("TensorBoard text", lambda: self.tb.log_sample(step, prompt, text))
-        if self.wandb is not None:
-            _safely("W&B samples", lambda: self.wandb.log_sample(step, prompt, text))
 
-    def write_metrics_json(self) -> None:
-        train = [r for r in self.rows if r.get("train_loss") is not None]
-        val = [r for r in self.rows if r.get("val_loss") is not None]
+        def append() -> None:
+            with open(self.run_dir / "samples.txt", "a") as f:
+                f.write(f"=== step {step} | prompt: {prompt!r}\n{text}\n\n")
+
+        self._rows_lane.submit("samples.txt", append, essential=True)
+        if self.tb is not None:
+            self._rows_lane.submit("TensorBoard text", lambda: self.tb.log_sample(step, prompt, text))
+        if self.wandb is not None:
+            self._rows_lane.submit("W&B samples", lambda: self.wandb.log_sample(step, prompt, text))
+
+    def write_metrics_json(self, rows: list[dict[str, Any]] | None = None) -> None:
+        rows = self.rows if rows is None else rows
+        train = [r for r in rows if r.get("train_loss") is not None]
+        val = [r for r in rows if r.get("val_loss") is not None]
         write_json(self.run_dir / "metrics.json", {"train": train, "val": val})
 
     def refresh(self) -> None:
-        """Rewrite metrics.json and the two plots from every row so far; flush TensorBoard."""
-        t0 = time.perf_counter()
-        self.write_metrics_json()
-        if self.make_plots:
-            self.write_plots()
-        if self.tb is not None:
-            _safely("TensorBoard flush", self.tb.flush)
-        self.last_refresh_s = time.perf_counter() - t0
-        self.refresh_total_s += self.last_refresh_s
-        log.debug("refreshed plots and metrics.json in %.3fs", self.last_refresh_s)
+        """Rewrite metrics.json and the two plots from every row so far; flush TensorBoard. In the
+        background, a refresh still waiting when the next is asked for is dropped for it."""
+        rows, planned = list(self.rows), self.planned_lr  # rows are never changed once logged
 
-    def write_plots(self) -> None:
+        def rewrite() -> None:
+            t0 = time.perf_counter()
+            self.write_metrics_json(rows)
+            if self.make_plots:
+                self.write_plots(rows, planned)
+            self.last_refresh_s = time.perf_counter() - t0
+            self.refresh_total_s += self.last_refresh_s
+            log.debug("refreshed plots and metrics.json in %.3fs", self.last_refresh_s)
+
+        self._refresh_lane.submit("metrics.json and plots", rewrite)
+        if self.tb is not None:
+            self._rows_lane.submit("TensorBoard flush", self.tb.flush)
+
+    def write_plots(self, rows: list[dict[str, Any]] | None = None, planned: list[float] | None = None) -> None:
+        rows = self.rows if rows is None else rows
+        planned = self.planned_lr if planned is None else planned
         description = self.summary.get("description") or self.config.get("description") or ""
         title = f"{self.name}: {description}" if description else self.name
-        _safely("loss_curves.png", lambda: plots.plot_loss_curves(self.rows, self.run_dir / "loss_curves.png", title))
-        _safely(
+        safely("loss_curves.png", lambda: plots.plot_loss_curves(rows, self.run_dir / "loss_curves.png", title))
+        safely(
             "lr_schedule.png",
             lambda: plots.plot_lr_schedule(
-                self.planned_lr, self.rows, self.run_dir / "lr_schedule.png", f"{self.name}: learning rate"
+                planned, rows, self.run_dir / "lr_schedule.png", f"{self.name}: learning rate"
             ),
         )
 
@@ -295,8 +308,16 @@ class ExperimentTracker:
         self.planned_lr = [float(v) for v in values]
 
     def write_summary(self, **fields: Any) -> None:
+        """Update summary.json (a snapshot of it is written, in order with the rows)."""
         self.summary.update({k: json_safe(v) for k, v in fields.items()})
-        write_json(self.run_dir / "summary.json", self.summary)
+        text = json_text(self.summary)
+        self._rows_lane.submit("summary.json", lambda: write_text(self.run_dir / "summary.json", text), essential=True)
+
+    def flush(self) -> None:
+        """Wait until every record handed over so far is written; raise a metric file's write failure."""
+        self._rows_lane.drain()
+        self._refresh_lane.drain()
+        self._rows_lane.check()
 
     # --- the end ---------------------------------------------------------------------------------
 
@@ -309,6 +330,8 @@ class ExperimentTracker:
             self.write_summary(status=status, **fields)
             return self.summary
         self._closed = True
+        self._refresh_lane.close()  # what was handed over is written first; from here on, all in this thread
+        self._rows_lane.close()
         for key in RUNNING_ONLY:
             self.summary.pop(key, None)
         if fields.get("wallclock_s") is not None:
@@ -328,12 +351,13 @@ class ExperimentTracker:
         self.write_summary(tracking_refresh_s=round(self.refresh_total_s, 3))
         if self.tb is not None:
             step = int(self.rows[-1]["step"]) if self.rows else 0
-            _safely("TensorBoard hparams", lambda: self.tb.log_hparams(self.config, self.summary, step))
-            _safely("TensorBoard close", self.tb.close)
+            safely("TensorBoard hparams", lambda: self.tb.log_hparams(self.config, self.summary, step))
+            safely("TensorBoard close", self.tb.close)
         if self.wandb is not None:
-            _safely("W&B summary", lambda: self.wandb.finish(self.summary, self.config))
+            safely("W&B summary", lambda: self.wandb.finish(self.summary, self.config))
         if self.experiment_log is not None:
-            _safely("EXPERIMENT_LOG.md", self.append_experiment_log)
+            safely("EXPERIMENT_LOG.md", self.append_experiment_log)
+        self._rows_lane.check()  # a row the background could not write fails the run, its summary written
         return self.summary
 
     def append_experiment_log(self) -> None:
