@@ -3,12 +3,18 @@
 Each error's message is one line that names what is wrong (a config key, a file).
 """
 
+import signal
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # an unexpected exception inside training
 EXIT_USAGE = 2  # bad config, bad data, bad arguments: nothing was written
 EXIT_DIVERGED = 3  # the loss went NaN/inf or above divergence_factor x initial; best checkpoint kept
 EXIT_INTERRUPTED = 75  # SIGTERM/SIGINT: checkpoint saved, `--resume` continues (sysexits EX_TEMPFAIL)
 EXIT_ABORTED = 130  # a second SIGINT/SIGTERM: stopped at once, no checkpoint of the current step (128 + SIGINT)
+
+# The signals that stop a run cleanly. SIGHUP (a closed terminal or SSH session) is handled like SIGTERM:
+# checkpoint, status interrupted, exit 75; only SIGINT (Ctrl-C, the user) is told apart where it matters.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class UserError(ValueError):

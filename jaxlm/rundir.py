@@ -15,37 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from jaxlm.config import FIELDS, Config, build_config, config_values, loads_strict, parse_override
+from jaxlm.config import FIELDS, RESUME_ROLES, Config, Resume, build_config, config_values, loads_strict, parse_override
 from jaxlm.errors import ConfigError, UserError
 from jaxlm.tracking import runlock
 from jaxlm.tracking.fmt import write_json
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._=-]+$")
-
-# Keys a resumed run may change: they affect how long it runs and what it records,
-# never the model, the data order or the optimizer trajectory up to the resumed step.
-RESUME_SAFE_KEYS = frozenset(
-    {
-        "description",
-        "max_iterations",
-        "log_interval",
-        "eval_interval",
-        "checkpoint_interval",
-        "keep_checkpoints",
-        "eval_batches",
-        "final_eval",
-        "sample_tokens",
-        "sample_prompt",
-        "divergence_factor",
-        "device",
-        "max_wallclock_seconds",
-        "profile_steps",
-        "wandb_project",
-        "wandb_entity",
-        "wandb_group",
-        "wandb_mode",
-    }
-)
 
 
 class RunDir:
@@ -240,14 +215,16 @@ def claim_run(run_dir: Path, *, resume: bool = False, overwrite: bool = False) -
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
-    """The run's own config with `--set` overrides restricted to RESUME_SAFE_KEYS; ConfigError otherwise."""
+    """The run's own config with `--set` overrides; ConfigError for a change of a key declared Identity[...]
+    in jaxlm/config.py (Safe and Layout keys may change)."""
     run = RunDir(run_dir, "--resume")
     saved = config_values(run.raw_config())
     changes = dict(parse_override(o) for o in overrides)
     for key, value in changes.items():
-        if key not in RESUME_SAFE_KEYS and value != saved.get(key, FIELDS[key].default):
+        if RESUME_ROLES.get(key) is Resume.IDENTITY and value != saved.get(key, FIELDS[key].default):
+            changeable = sorted(k for k, role in RESUME_ROLES.items() if role is not Resume.IDENTITY)
             raise ConfigError(
                 f"config key '{key}': cannot change on --resume (it changes the model, data or "
-                f"optimizer); safe keys: {', '.join(sorted(RESUME_SAFE_KEYS))}"
+                f"optimizer); keys that may change: {', '.join(changeable)}"
             )
     return build_config(saved, changes)

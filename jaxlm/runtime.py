@@ -106,31 +106,31 @@ def run_command(main: Callable[[], int]) -> None:
 
 @contextlib.contextmanager
 def exit_on_signal(what: str, cleanup: Callable[[], None] | None = None, outcome: str = "nothing was written"):
-    """Inside the block, SIGINT/SIGTERM end the process at once with one line: for phases (data
+    """Inside the block, SIGINT/SIGTERM/SIGHUP end the process at once with one line: for phases (data
     preparation, compilation) that hold no state worth saving, where a KeyboardInterrupt unwinding
     through JAX or a Rust tokenizer trainer prints tracebacks or crashes. Ctrl-C exits 130 (the user
-    stopped it); SIGTERM exits 75 (a scheduler stopped it: a preempted SLURM job's script requeues on
-    75, and its `--resume-if-exists` starts the run again). `cleanup` removes what the command
-    created so far; `os._exit` skips XLA's teardown of half-built executables (the source of the
-    crashes)."""
-    from jaxlm.errors import EXIT_ABORTED, EXIT_INTERRUPTED
+    stopped it); SIGTERM and SIGHUP exit 75 (a scheduler or a closed terminal stopped it: a preempted
+    SLURM job's script requeues on 75, and its `--resume-if-exists` starts the run again). `cleanup`
+    removes what the command created so far; `os._exit` skips XLA's teardown of half-built
+    executables (the source of the crashes)."""
+    from jaxlm.errors import EXIT_ABORTED, EXIT_INTERRUPTED, STOP_SIGNALS
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         if cleanup is not None:
             try:
                 cleanup()
             except Exception:  # noqa: BLE001 - exiting anyway; the message below is what matters
                 pass
         os.write(2, f"\nerror: {signal.Signals(signum).name} during {what}: stopped; {outcome}\n".encode())
-        os._exit(EXIT_INTERRUPTED if signum == signal.SIGTERM else EXIT_ABORTED)
+        os._exit(EXIT_ABORTED if signum == signal.SIGINT else EXIT_INTERRUPTED)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

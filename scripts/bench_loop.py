@@ -18,7 +18,8 @@ host_ms_per_step = 1000 / loop steps/s - bare step_ms. One line per point and a 
 Presets: `tiny` is quickstart shrunk to a step about as short as a GPU's (d_model=32, one
 layer, context 16, batch 4, vocab 512; 3,000 steps, log_interval=100, window 500..2,900);
 `tiny_eval` is `tiny` with a 2-batch evaluation every 250 steps (each refreshes metrics.json and
-the plots: the window's time includes them, and the evaluations, the same work in every tree);
+the plots, and saves the best checkpoint when the loss improved: the window's time includes all of
+it, the same work in every tree);
 `quickstart` is configs/quickstart.json itself (~300 ms step on a 2-core CPU; 150 steps,
 log_interval=10, window 30..150).
 """

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PY = ROOT / "jaxlm" / "config.py"
 CONFIG_DOC = ROOT / "docs" / "config.md"
 SECTION = re.compile(r"^\s*# --- (.+?) ---\s*$")
+ROLES = ("Identity", "Safe", "Layout")  # the annotation wrappers that declare a key's role on --resume
 
 INTRO = """\
 # Config keys
@@ -42,6 +43,13 @@ The learning rate warms up linearly from 0 over `warmup_iters` steps, then follo
 cosine from `learning_rate` down to `min_learning_rate`, reached at
 `cosine_cycle_iters` (default `max_iterations`), and stays there.
 
+The *on resume* column says what `--resume` does with a changed key (declared on the
+field: `Identity[...]`, `Safe[...]`, `Layout[...]`): *identity* keys (model, data,
+optimizer) are refused, whether changed with `--set` or edited in `config.json`;
+*safe* keys (length, evaluation, records) may change; *layout* keys (device, mesh,
+micro-batches, kernels) may change too, and the checkpoint is restored into the new
+layout (see [checkpoints.md](checkpoints.md)).
+
 This page is generated. To change it, edit the field's docstring in
 [jaxlm/config.py](../jaxlm/config.py) and run `uv run python scripts/gen_config_doc.py`.
 """
@@ -54,6 +62,7 @@ class Field:
     default: str  # JSON
     doc: str | None  # the docstring, or None when the field has none
     section: str
+    resume: str  # "identity", "safe" or "layout": the wrapper of its annotation (jaxlm.config.Resume)
 
 
 def _type_text(node: ast.expr) -> str:
@@ -93,7 +102,10 @@ def config_fields(source: str) -> list[Field]:
             doc = " ".join(inspect.cleandoc(after.value.value).split())
         default = "required" if node.value is None else json.dumps(ast.literal_eval(node.value))
         section = max((n for n in sections if n < node.lineno), default=None)
-        fields.append(Field(node.target.id, _type_text(node.annotation), default, doc, sections.get(section, "keys")))
+        annotation, role = node.annotation, "?"
+        if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) in ROLES:
+            annotation, role = annotation.slice, ast.unparse(annotation.value).lower()
+        fields.append(Field(node.target.id, _type_text(annotation), default, doc, sections.get(section, "keys"), role))
     return fields
 
 
@@ -104,11 +116,11 @@ def render(fields: list[Field]) -> str:
     for f in fields:
         if f.section != current:
             current = f.section
-            out += ["", f"## {current[0].upper()}{current[1:]}", "", "| key | type | default | meaning |"]
-            out.append("| --- | --- | --- | --- |")
+            out += ["", f"## {current[0].upper()}{current[1:]}", "", "| key | type | default | on resume | meaning |"]
+            out.append("| --- | --- | --- | --- | --- |")
         meaning = (f.doc or "").replace("|", "\\|")
         default = f.default.replace("|", "\\|")  # e.g. "<|endoftext|>": a bare | would end the cell
-        out.append(f"| `{f.name}` | {f.type} | `{default}` | {meaning} |")
+        out.append(f"| `{f.name}` | {f.type} | `{default}` | {f.resume} | {meaning} |")
     return "\n".join(out) + "\n"
 
 

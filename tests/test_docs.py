@@ -47,9 +47,9 @@ def test_the_generator_reads_types_defaults_docstrings_and_sections():
     source = '''
 class Config:
     # --- first ---
-    a: int = 3
+    a: Safe[int] = 3
     """The a."""
-    b: Literal["x", "y"] | None = None
+    b: Identity[Literal["x", "y"] | None] = None
     """Two
     lines | one pipe."""
 
@@ -57,11 +57,13 @@ class Config:
     c: float = 1e-8
 '''
     a, b, c = gen.config_fields(source)
-    assert (a.name, a.type, a.default, a.doc, a.section) == ("a", "int", "3", "The a.", "first")
-    assert (b.type, b.default, b.doc) == ('`"x"`, `"y"` or null', "null", "Two lines | one pipe.")
-    assert (c.default, c.doc, c.section) == ("1e-08", None, "second")
+    assert (a.name, a.type, a.default, a.doc, a.section, a.resume) == ("a", "int", "3", "The a.", "first", "safe")
+    assert (b.type, b.default, b.doc, b.resume) == ('`"x"`, `"y"` or null', "null", "Two lines | one pipe.", "identity")
+    assert (c.default, c.doc, c.section, c.resume) == ("1e-08", None, "second", "?")  # no role: config.py refuses it
     text = gen.render([a, b])
-    assert "## First\n" in text and '| `b` | `"x"`, `"y"` or null | `null` | Two lines \\| one pipe. |' in text
+    assert (
+        "## First\n" in text and '| `b` | `"x"`, `"y"` or null | `null` | identity | Two lines \\| one pipe. |' in text
+    )
 
 
 def test_check_flags_a_stale_doc(tmp_path, monkeypatch, capsys):

@@ -234,6 +234,22 @@ CASES = {
         ("'seed'", "7"),
         needs_run=True,
     ),
+    "resume-edited-beta1": Case(
+        "launch",
+        lambda w, f: (
+            r := copy_run(w, f),
+            edit_config(r, beta1=0.8),
+            ["--resume", str(r), "--set", "max_iterations=12"],
+        )[-1],
+        ("'beta1'", "0.8", "0.9"),
+        needs_run=True,
+    ),
+    "resume-set-identity-key": Case(
+        "launch",
+        lambda w, f: ["--resume", str(copy_run(w, f)), "--set", "beta2=0.99"],
+        ("'beta2'", "cannot change on --resume", "mesh_fsdp"),
+        needs_run=True,
+    ),
     "resume-edited-data-path": Case(
         "launch",
         lambda w, f: (
@@ -440,9 +456,10 @@ def test_two_concurrent_launches_of_one_name(tmp_path, finished):
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, EXIT_ABORTED), (signal.SIGTERM, 75)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, EXIT_ABORTED), (signal.SIGTERM, 75), (signal.SIGHUP, 75)])
 def test_a_signal_during_compile_is_one_line_and_leaves_nothing(tmp_path, sig, code):
-    """Ctrl-C exits 130; SIGTERM (a scheduler's) exits 75, which a SLURM job's script requeues."""
+    """Ctrl-C exits 130; SIGTERM (a scheduler's) and SIGHUP (a closed terminal) exit 75, which a SLURM
+    job's script requeues."""
     (tmp_path / "run.json").write_text(json.dumps({**RUN, "d_model": 48, "num_heads": 4}))
     proc = cli(
         "jaxlm.launch",
@@ -605,14 +622,21 @@ def test_disk_full_before_a_checkpoint_save_is_one_line_and_resumable(small_disk
     from jaxlm.tracking.runs import saved_checkpoint_steps
 
     config = small_disk / "run.json"
-    config.write_text(json.dumps({**RUN, "max_iterations": 100000, "cosine_cycle_iters": 100000}))
+    # 200 steps between saves: the disk is full before the next save starts (a disk that fills during an
+    # asynchronous save is another case: Orbax's writer threads print their own tracebacks)
+    config.write_text(
+        json.dumps(
+            {**RUN, "max_iterations": 100000, "cosine_cycle_iters": 100000}
+            | {"checkpoint_interval": 200, "eval_interval": 200}
+        )
+    )
     argv = ["--output-dir", str(small_disk / "runs"), "--quiet", "--no-experiment-log"]
     proc = cli("jaxlm.launch", "--config", str(config), *argv)
     run = small_disk / "runs" / "run"
     wait_for(lambda: bool(saved_checkpoint_steps(run)), proc)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # leave 256 KiB: room for metrics rows, none for a checkpoint
-        f.write(b"\0" * max(0, shutil.disk_usage(small_disk).free - 256 * 2**10))
+    with open(filler, "wb") as f:  # leave 1 MiB: room for the records, none for a checkpoint (~1.5 MiB)
+        f.write(b"\0" * max(0, shutil.disk_usage(small_disk).free - 2**20))
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_FAILED, err
     lines = err.strip().splitlines()

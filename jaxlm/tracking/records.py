@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from jaxlm.tracking.fmt import as_float
+from jaxlm.tracking.fmt import as_float, json_safe
 
 METRIC_COLUMNS = (
     "step",
@@ -45,6 +45,24 @@ def mfu(
     if peak_per_device is None or not tokens_per_sec > 0:
         return None
     return tokens_per_sec * flops_per_token / (device_count * peak_per_device)
+
+
+def complete_row(row: dict[str, Any], config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """A logged row as the metric files hold it: `val_perplexity`, `tokens` and `mfu` filled in when they
+    can be (from the config's batch and context, the summary's FLOPs and peak), METRIC_COLUMNS first,
+    every value JSON-safe."""
+    row = dict(row)
+    if row.get("val_loss") is not None and row.get("val_perplexity") is None:
+        row["val_perplexity"] = math.exp(min(float(row["val_loss"]), 700.0))
+    batch, context = config.get("batch_size"), config.get("context_length")
+    if row.get("tokens") is None:
+        row["tokens"] = row["step"] * batch * context if isinstance(batch, int) and isinstance(context, int) else None
+    peak, flops, tok_s = summary.get("peak_flops_per_device"), summary.get("flops_per_token"), row.get("tokens_per_sec")
+    if row.get("mfu") is None and peak and flops and tok_s:
+        row["mfu"] = mfu(tok_s, flops, summary.get("device_count") or 1, peak)
+    ordered = {k: row.get(k) for k in METRIC_COLUMNS}
+    ordered.update({k: v for k, v in row.items() if k not in ordered})
+    return {k: json_safe(v) for k, v in ordered.items()}
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -113,6 +131,12 @@ class MetricFiles:
     def close(self) -> None:
         self.csv_file.close()
         self.jsonl.close()
+
+
+def append_sample(run_dir: Path, step: int, prompt: str, text: str) -> None:
+    """One entry of samples.txt (its format is read back by `trim_samples`)."""
+    with open(run_dir / "samples.txt", "a") as f:
+        f.write(f"=== step {step} | prompt: {prompt!r}\n{text}\n\n")
 
 
 def trim_samples(run_dir: Path, from_step: int) -> None:

@@ -30,12 +30,12 @@ from jaxlm.tracking.fmt import as_float, json_safe, json_text, write_json, write
 from jaxlm.tracking.outputs import OutputError
 from jaxlm.tracking.records import (
     META_KEYS,
-    METRIC_COLUMNS,
     RUNNING_ONLY,
     STATUSES,
     MetricFiles,
+    append_sample,
+    complete_row,
     config_to_dict,
-    mfu,
     progress_fields,
     run_metadata,
     segment_record,
@@ -213,22 +213,9 @@ class ExperimentTracker:
             "tokens_per_sec": tokens_per_sec,
             **extra,
         }
-        if val_loss is not None and row.get("val_perplexity") is None:
-            row["val_perplexity"] = math.exp(min(float(val_loss), 700.0))
         wall = row.get("wallclock_s")
         row["wallclock_s"] = (time.time() - self.start_time if wall is None else float(wall)) + self.wallclock_offset
-        if row.get("tokens") is None:
-            tokens_per_step = self._tokens_per_step()
-            row["tokens"] = step * tokens_per_step if tokens_per_step else None
-        if row.get("mfu") is None:
-            s = self.summary
-            if s.get("peak_flops_per_device") and s.get("flops_per_token") and tokens_per_sec:
-                row["mfu"] = mfu(
-                    tokens_per_sec, s["flops_per_token"], s.get("device_count") or 1, s["peak_flops_per_device"]
-                )
-        ordered = {k: row.get(k) for k in METRIC_COLUMNS}
-        ordered.update({k: v for k, v in row.items() if k not in ordered})
-        row = {k: json_safe(v) for k, v in ordered.items()}
+        row = complete_row(row, self.config, self.summary)
         self._rows_lane.check()  # a metric file that could not be written fails the run, one row late at most
         self.rows.append(row)
         self._rows_lane.submit("metrics.csv", lambda: self.files.write(row), essential=True)
@@ -246,20 +233,9 @@ class ExperimentTracker:
         planned = self.summary.get("max_iterations", self.config.get("max_iterations"))
         self.write_summary(**progress_fields(self.summary, self.rows, planned))
 
-    def _tokens_per_step(self) -> int | None:
-        c = self.config
-        if isinstance(c.get("batch_size"), int) and isinstance(c.get("context_length"), int):
-            return c["batch_size"] * c["context_length"]
-        return None
-
     def log_sample(self, step: int, prompt: str, text: str) -> None:
         """Append a generated sample to samples.txt (and TensorBoard's Text tab)."""
-
-        def append() -> None:
-            with open(self.run_dir / "samples.txt", "a") as f:
-                f.write(f"=== step {step} | prompt: {prompt!r}\n{text}\n\n")
-
-        self._rows_lane.submit("samples.txt", append, essential=True)
+        self._rows_lane.submit("samples.txt", lambda: append_sample(self.run_dir, step, prompt, text), essential=True)
         if self.tb is not None:
             self._rows_lane.submit("TensorBoard text", lambda: self.tb.log_sample(step, prompt, text))
         if self.wandb is not None:

@@ -99,6 +99,11 @@ class Lane:
         with self._cv:
             self._cv.wait_for(lambda: not self._jobs and not self._busy)
 
+    def busy(self) -> bool:
+        """Whether a job handed over is still waiting or running."""
+        with self._cv:
+            return bool(self._jobs) or self._busy
+
     def check(self) -> None:
         """Raise (once) the first failure of an essential job."""
         with self._cv:

@@ -21,6 +21,7 @@ it is never listed as a step and is deleted when the run's manager next opens.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import shutil
@@ -32,7 +33,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxlm.config import Config
+from jaxlm.config import IDENTITY_KEYS, Config
 from jaxlm.errors import ConfigError, UserError
 from jaxlm.rundir import NO_CHECKPOINT, RunDir
 from jaxlm.train import distributed
@@ -108,40 +109,12 @@ def choose_step(mngr: ocp.CheckpointManager, which: str | int, run_dir: str | Pa
     return step
 
 
-# What the data order and the model's and optimizer's shapes and trajectory depend on: a resume
-# whose config differs in any of them would silently train something else.
-IDENTITY_KEYS = (
-    "seed",
-    "dataset",
-    "train_data_path",
-    "vocab_size",
-    "context_length",
-    "d_model",
-    "num_layers",
-    "num_heads",
-    "d_ff",
-    "rope_theta",
-    "batch_size",
-    "grad_accum_steps",
-    "dtype",
-    "norm",
-    "norm_position",
-    "position_embedding",
-    "ffn",
-    "tie_embeddings",
-    "learning_rate",
-    "min_learning_rate",
-    "warmup_iters",
-    "weight_decay",
-    "grad_clip",
-    "adam_eps",
-)
-
-
 def identity(c: Config) -> dict[str, Any]:
-    """The config values a checkpoint must be resumed with (IDENTITY_KEYS), for its meta."""
+    """The config values a checkpoint must be resumed with (the keys declared Identity[...] in jaxlm/config.py),
+    for its meta."""
     values = c.to_dict()
-    return {k: values[k] for k in IDENTITY_KEYS if k in values}
+    # as the checkpoint's JSON meta holds them (a tuple reads back as a list), so the two compare equal
+    return json.loads(json.dumps({k: values[k] for k in IDENTITY_KEYS if k in values}))
 
 
 def check_identity(meta: dict[str, Any], c: Config, run_dir: str | Path) -> None:

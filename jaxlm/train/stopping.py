@@ -1,4 +1,4 @@
-"""What stops a run early and cleanly: divergence, SIGTERM/SIGINT, and the wall-clock budget.
+"""What stops a run early and cleanly: divergence, SIGTERM/SIGINT/SIGHUP, and the wall-clock budget.
 
 Each rule only *decides*; the training loop acts (skips the checkpoint, saves one,
 writes the status), so no signal handler ever touches JAX or the run directory.
@@ -18,6 +18,7 @@ import signal
 import threading
 
 from jaxlm.config import Config
+from jaxlm.errors import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,13 @@ class DivergenceGuard:
 
 
 class StopSignals:
-    """Context manager: the first SIGTERM/SIGINT sets `requested`; a second raises KeyboardInterrupt at once.
+    """Context manager: the first SIGTERM/SIGINT/SIGHUP sets `requested`; a second raises KeyboardInterrupt at once.
 
     Handlers are installed only in the main thread (Python allows no other) and
     the previous ones are restored on exit.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         self.requested: str | None = None  # name of the first signal received

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from jaxlm.tracking import ExperimentTracker, plots
+from jaxlm.tracking import ExperimentTracker
 from jaxlm.tracking.writer import Lane
 
 from ..helpers import metric_rows
@@ -77,11 +77,11 @@ def test_a_failing_essential_job_is_raised_to_the_caller_once_and_a_record_job_o
 def test_a_slow_plot_never_blocks_logging_and_rows_reach_the_files_meanwhile(tmp_path, monkeypatch):
     gate, calls = threading.Event(), []
 
-    def slow_plot(rows, path, title):
+    def slow_plots(self, rows, planned):
         calls.append(len(rows))
         assert gate.wait(WAIT_S), "the test never released the plot"
 
-    monkeypatch.setattr(plots, "plot_loss_curves", slow_plot)
+    monkeypatch.setattr(ExperimentTracker, "write_plots", slow_plots)
     tracker = ExperimentTracker("run", CONFIG, tmp_path, tensorboard=False, background=True)
     tracker.log_step(1, train_loss=5.0, val_loss=5.1)  # an eval row: a refresh, blocked in the plot
     wait_until(lambda: calls, "the first refresh to start")

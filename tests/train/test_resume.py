@@ -257,16 +257,18 @@ def reference(config_file, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_resume_matches(config_file, tmp_path, reference):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_saves_and_resume_matches(config_file, tmp_path, reference, sig):
+    """SIGHUP (a closed terminal or SSH session) is handled like SIGTERM."""
     proc = start(config_file, tmp_path, "term")
     wait_for_step(proc, tmp_path / "term", 30)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED, err
     run = tmp_path / "term"
     s = summary(run)
     stopped = s["steps"]
-    assert s["status"] == "interrupted" and s["interrupted_by"] == "SIGTERM" and 30 <= stopped < LONG
+    assert s["status"] == "interrupted" and s["interrupted_by"] == sig.name and 30 <= stopped < LONG
     assert stopped in s["checkpoint_steps"]  # the step it stopped at was saved
     assert resume(run) == EXIT_OK
     assert summary(run)["status"] == "completed"
