@@ -3,15 +3,18 @@
     uv run python scripts/bench_records.py [--rows 1000] [--evals 5]
 
 A synthetic run (ExperimentTracker, no JAX) logs `--rows` plain rows, then `--evals` evaluation rows,
-each of which refreshes metrics.json and both plots. Around each, the main thread runs a pure-Python
-loop (what a training loop's dispatching is: Python holding the GIL): for 0.5 s before the row, to
-get its idle speed, then from the `log_step` call until the refresh has finished. lost_ms = that
+each of which refreshes metrics.json and both plots. Around each, the main thread runs a loop shaped
+like a training loop's: a little Python (the dispatch), then the GIL given up for a moment (the
+wait for JAX, here `time.sleep(0)`), over and over; for 0.5 s before the row, to get its idle
+speed, then from the `log_step` call until the refresh has finished. lost_ms = that
 time minus the iterations done in it at idle speed: how much of the loop's time the records took.
-Two ways:
+Three ways:
 
 - `inline`: ExperimentTracker(background=False), everything written before `log_step` returns;
-- `background`: background=True, as `jaxlm.launch` uses it: the refresh runs on the tracker's own
-  thread, where matplotlib competes with the loop for the GIL.
+- `thread`: background=True with the plots drawn on the tracker's refresh thread (the plot process
+  switched off): after each wait the loop must get the GIL back from matplotlib;
+- `process`: background=True as `jaxlm.launch` uses it, the plots drawn by the plot process
+  (jaxlm/tracking/plot_worker.py).
 
 One JSON line per way, then a table.
 """
@@ -31,6 +34,8 @@ def spin(done) -> tuple[int, float]:
     n, t0 = 0, time.perf_counter()
     while n % 256 or not done():
         n += sum(range(50)) > 0
+        if n % 8 == 0:
+            time.sleep(0)  # a wait for the device: the GIL is given up and must be taken back
     return n, time.perf_counter() - t0
 
 
@@ -43,6 +48,9 @@ def measure(way: str, rows: int, evals: int) -> dict:
     config = {"max_iterations": rows + evals, "batch_size": 2, "context_length": 8, "learning_rate": 1e-3}
     with tempfile.TemporaryDirectory(prefix="bench_records_") as out:
         tracker = ExperimentTracker("run", config, out, tensorboard=False, background=way != "inline")
+        if way == "thread":
+            tracker._plotter.close()
+            tracker._plotter = None
         tracker.plan_learning_rate([1e-3] * (rows + evals + 1))
         for step in range(1, rows + 1):
             tracker.log_step(step, train_loss=5.0 - step / rows, learning_rate=1e-3)
@@ -71,7 +79,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1000)
     p.add_argument("--evals", type=int, default=5)
     a = p.parse_args()
-    results = [measure(way, a.rows, a.evals) for way in ("inline", "background")]
+    results = [measure(way, a.rows, a.evals) for way in ("inline", "thread", "process")]
     for r in results:
         print(json.dumps(r), flush=True)
     print("\n| way | log_step ms (median) | main-thread ms lost per eval row (median) |")

@@ -28,6 +28,7 @@ from typing import Any
 from jaxlm.tracking import explog, killed, plots
 from jaxlm.tracking.fmt import as_float, json_safe, json_text, write_json, write_text
 from jaxlm.tracking.outputs import OutputError
+from jaxlm.tracking.plot_worker import PlotProcess, draw
 from jaxlm.tracking.records import (
     META_KEYS,
     RUNNING_ONLY,
@@ -91,7 +92,10 @@ class ExperimentTracker:
                 self.wallclock_offset = float(resume_wallclock_s)
         self._rows_lane = Lane("jaxlm-records", threaded=background)  # files, summary, TensorBoard, W&B
         self._refresh_lane = Lane("jaxlm-plots", latest_only=True, threaded=background)  # metrics.json, plots
-        if make_plots:
+        self._plotter = PlotProcess() if background and make_plots else None  # matplotlib off the loop's GIL
+        if self._plotter is not None:
+            self._plotter.start()
+        elif make_plots:
             threading.Thread(target=plots.preload, name="matplotlib-preload", daemon=True).start()
         self.tb = None
         if tensorboard:
@@ -245,7 +249,9 @@ class ExperimentTracker:
         rows = self.rows if rows is None else rows
         train = [r for r in rows if r.get("train_loss") is not None]
         val = [r for r in rows if r.get("val_loss") is not None]
-        write_json(self.run_dir / "metrics.json", {"train": train, "val": val})
+        # one line, so that json's C encoder writes it (indented JSON is encoded in Python, holding the GIL)
+        text = json.dumps(json_safe({"train": train, "val": val}), allow_nan=False)
+        write_text(self.run_dir / "metrics.json", text + "\n")
 
     def refresh(self) -> None:
         """Rewrite metrics.json and the two plots from every row so far; flush TensorBoard. In the
@@ -269,14 +275,15 @@ class ExperimentTracker:
         rows = self.rows if rows is None else rows
         planned = self.planned_lr if planned is None else planned
         description = self.summary.get("description") or self.config.get("description") or ""
-        title = f"{self.name}: {description}" if description else self.name
-        safely("loss_curves.png", lambda: plots.plot_loss_curves(rows, self.run_dir / "loss_curves.png", title))
-        safely(
-            "lr_schedule.png",
-            lambda: plots.plot_lr_schedule(
-                planned, rows, self.run_dir / "lr_schedule.png", f"{self.name}: learning rate"
-            ),
-        )
+        job = {
+            "planned": planned,
+            "loss_png": str(self.run_dir / "loss_curves.png"),
+            "loss_title": f"{self.name}: {description}" if description else self.name,
+            "lr_png": str(self.run_dir / "lr_schedule.png"),
+            "lr_title": f"{self.name}: learning rate",
+        }
+        for error in self._plotter.draw(rows, job) if self._plotter is not None else draw(rows, job):
+            log.warning("could not write %s", error)
 
     def plan_learning_rate(self, values: Sequence[float]) -> None:
         """The learning rate the training loop will use at steps 0, 1, ..., len(values) - 1, drawn as
@@ -325,6 +332,8 @@ class ExperimentTracker:
         self.files.close()
         self.refresh()
         self.write_summary(tracking_refresh_s=round(self.refresh_total_s, 3))
+        if self._plotter is not None:
+            self._plotter.close()
         if self.tb is not None:
             step = int(self.rows[-1]["step"]) if self.rows else 0
             safely("TensorBoard hparams", lambda: self.tb.log_hparams(self.config, self.summary, step))

@@ -5,11 +5,14 @@ a metric file's write failure still the run's failure."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,8 @@ from jaxlm.tracking import ExperimentTracker
 from jaxlm.tracking.writer import Lane
 
 from ..helpers import metric_rows
+
+mpimg = pytest.importorskip("matplotlib.image")
 
 CONFIG = {"max_iterations": 100, "batch_size": 2, "context_length": 8, "learning_rate": 1e-3}
 WAIT_S = 30  # a generous upper bound for what should take milliseconds: hitting it fails the test
@@ -134,3 +139,50 @@ def test_rows_queued_when_the_process_crashes_are_still_written(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "crash with rows queued" in proc.stderr
     assert [int(r["step"]) for r in metric_rows(tmp_path / "run")] == list(range(1, 51))
+
+
+def test_plots_are_drawn_in_a_child_process_that_ends_with_the_run(tmp_path):
+    tracker = ExperimentTracker("run", CONFIG, tmp_path, tensorboard=False, background=True)
+    child = tracker._plotter.proc
+    for step in range(1, 21):
+        tracker.log_step(step, train_loss=5.0 - step / 10, val_loss=5.0 - step / 10 if step % 5 == 0 else None)
+    tracker.finalize()
+    assert child.poll() == 0  # closed by finalize, not left behind
+    assert tracker._plotter.failed is False and tracker._plotter.sent == 20  # drawn there, every row sent once
+    for png in ("loss_curves.png", "lr_schedule.png"):
+        assert mpimg.imread(tmp_path / "run" / png).ndim == 3
+
+
+def test_the_plot_process_never_outlives_a_killed_run(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import time
+        from jaxlm.tracking import ExperimentTracker
+
+        tracker = ExperimentTracker("run", {CONFIG!r}, {str(tmp_path)!r}, tensorboard=False, background=True)
+        tracker.log_step(1, train_loss=5.0, val_loss=5.0)
+        tracker.flush()
+        print(tracker._plotter.proc.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, signal.SIGINT)  # a Ctrl-C reaches the whole process group: the child ignores it
+        time.sleep(0.5)
+        assert os.path.exists(f"/proc/{child}") and not ended(child)
+        parent.kill()
+        parent.wait()
+        wait_until(lambda: ended(child), "the plot process to end")
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie waiting for init to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
