@@ -334,6 +334,7 @@ class ExperimentTracker:
         self.write_summary(tracking_refresh_s=round(self.refresh_total_s, 3))
         if self._plotter is not None:
             self._plotter.close()
+            self._plotter = None  # a plot asked for after the end is drawn here, not by a new child
         if self.tb is not None:
             step = int(self.rows[-1]["step"]) if self.rows else 0
             safely("TensorBoard hparams", lambda: self.tb.log_hparams(self.config, self.summary, step))

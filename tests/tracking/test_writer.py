@@ -143,12 +143,14 @@ def test_rows_queued_when_the_process_crashes_are_still_written(tmp_path):
 
 def test_plots_are_drawn_in_a_child_process_that_ends_with_the_run(tmp_path):
     tracker = ExperimentTracker("run", CONFIG, tmp_path, tensorboard=False, background=True)
-    child = tracker._plotter.proc
+    plotter = tracker._plotter
+    child = plotter.proc
     for step in range(1, 21):
         tracker.log_step(step, train_loss=5.0 - step / 10, val_loss=5.0 - step / 10 if step % 5 == 0 else None)
     tracker.finalize()
     assert child.poll() == 0  # closed by finalize, not left behind
-    assert tracker._plotter.failed is False and tracker._plotter.sent == 20  # drawn there, every row sent once
+    assert plotter.failed is False and plotter.sent == 20  # drawn there, every row sent once
+    assert tracker._plotter is None  # a refresh after the end starts no new child
     for png in ("loss_curves.png", "lr_schedule.png"):
         assert mpimg.imread(tmp_path / "run" / png).ndim == 3
 
