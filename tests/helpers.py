@@ -9,7 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jaxlm.config import build_config
+from jaxlm.data.tokens import meta_path
 from jaxlm.tracking.protocol import NullTracker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -132,3 +135,37 @@ def group_umask():
 def modes(root: Path) -> dict[str, int]:
     """Permission bits of `root` and of everything below it, by path relative to `root`."""
     return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+
+
+# A tiny run over random tokens (the resume tests'): 12 steps, checkpoints at 6 and 12.
+RANDOM_TOKENS_RUN = {
+    "vocab_size": 256,
+    "context_length": 16,
+    "d_model": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "d_ff": 64,
+    "batch_size": 4,
+    "max_iterations": 12,
+    "cosine_cycle_iters": 12,
+    "warmup_iters": 2,
+    "log_interval": 2,
+    "eval_interval": 4,
+    "checkpoint_interval": 6,
+    "eval_batches": 2,
+}
+
+
+def write_tokens(path: Path, n: int, vocab: int = 256, seed: int = 0) -> Path:
+    """A prepared token file of `n` random ids below `vocab`, with its meta file."""
+    tokens = np.random.default_rng(seed).integers(0, vocab, n).astype(np.uint16)
+    np.save(path, tokens)
+    meta = {
+        "vocab_size": vocab,
+        "dtype": "uint16",
+        "num_tokens": n,
+        "num_bytes": 3 * n,
+        "max_token_id": int(tokens.max()),
+    }
+    meta_path(path).write_text(json.dumps(meta))
+    return path

@@ -19,40 +19,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import RANDOM_TOKENS_RUN, write_tokens
 from jaxlm import launch
 from jaxlm.errors import EXIT_OK, EXIT_USAGE
-
-CONFIG = {
-    "vocab_size": 256,
-    "context_length": 16,
-    "d_model": 32,
-    "num_layers": 1,
-    "num_heads": 2,
-    "d_ff": 64,
-    "batch_size": 4,
-    "max_iterations": 12,
-    "cosine_cycle_iters": 12,
-    "warmup_iters": 2,
-    "log_interval": 2,
-    "eval_interval": 4,
-    "checkpoint_interval": 6,
-    "eval_batches": 2,
-    "sample_tokens": 0,
-}
-
-
-def write_tokens(path: Path, n: int, seed: int) -> str:
-    np.save(path, np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint16))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("elastic")
     config = {
-        **CONFIG,
-        "train_data_path": write_tokens(d / "train.npy", 20_000, 0),
-        "val_data_path": write_tokens(d / "val.npy", 2_000, 1),
+        **RANDOM_TOKENS_RUN,
+        "sample_tokens": 0,
+        "train_data_path": str(write_tokens(d / "train.npy", 20_000)),
+        "val_data_path": str(write_tokens(d / "val.npy", 2_000, seed=1)),
     }
     path = d / "tiny.json"
     path.write_text(json.dumps(config))

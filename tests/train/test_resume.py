@@ -24,31 +24,14 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from helpers import RANDOM_TOKENS_RUN, write_tokens
 from helpers import metric_rows as rows
 from helpers import run_summary as summary
 from jaxlm import launch
-from jaxlm.data.tokens import meta_path
 from jaxlm.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
 from jaxlm.train.checkpoint import RunCheckpoints, load
 
 LONG = 400  # steps of the runs that get signalled
-
-
-def write_tokens(path: Path, n: int, vocab: int = 256, seed: int = 0) -> Path:
-    tokens = np.random.default_rng(seed).integers(0, vocab, n).astype(np.uint16)
-    np.save(path, tokens)
-    meta_path(path).write_text(
-        json.dumps(
-            {
-                "vocab_size": vocab,
-                "dtype": "uint16",
-                "num_tokens": n,
-                "num_bytes": 3 * n,
-                "max_token_id": int(tokens.max()),
-            }
-        )
-    )
-    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,20 +57,7 @@ def compile_cache(tmp_path_factory):
 def config_file(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
     config = {
-        "vocab_size": 256,
-        "context_length": 16,
-        "d_model": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-        "d_ff": 64,
-        "batch_size": 4,
-        "max_iterations": 12,
-        "cosine_cycle_iters": 12,
-        "warmup_iters": 2,
-        "log_interval": 2,
-        "eval_interval": 4,
-        "checkpoint_interval": 6,
-        "eval_batches": 2,
+        **RANDOM_TOKENS_RUN,
         "train_data_path": str(write_tokens(d / "train.npy", 20_000)),
         "val_data_path": str(write_tokens(d / "val.npy", 2_000, seed=1)),
     }
