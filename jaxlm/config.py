@@ -131,8 +131,10 @@ class Config:
     """Training-time budget (evals included, compile excluded); when spent, the run stops cleanly with a final
     eval, status `completed` and `stopped_by: "wallclock"`."""
     schedule_by: Safe[Literal["steps", "wallclock"]] = "steps"
-    """`"wallclock"`: after timing the first steps, size `cosine_cycle_iters` and `max_iterations` so the cosine
-    ends with `max_wallclock_seconds` (the values chosen go into config.json)."""
+    """`"wallclock"`: size `cosine_cycle_iters` and `max_iterations` so the cosine, the final evaluation and the
+    last save end with `max_wallclock_seconds`: planned from the first warm steps, then again from the first
+    whole checkpoint intervals (at least 100 steps), which pay for the saves (the values chosen go into
+    config.json; docs/performance.md, "The wall-clock plan")."""
 
     # --- Weights & Biases (optional: `uv sync --extra wandb`), a second sink beside TensorBoard ---
     wandb_project: Safe[str | None] = None

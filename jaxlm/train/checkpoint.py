@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,7 @@ class RunCheckpoints:
     def __init__(self, run_dir: str | Path, keep: int):
         self.run_dir = Path(run_dir)
         self.mngr = open_manager(run_dir, keep)
+        self.previous_written_at = 0.0  # perf_counter when the last wait for a save in flight ended
 
     @property
     def steps(self) -> list[int]:
@@ -174,11 +176,20 @@ class RunCheckpoints:
     def best_step(self) -> int | None:
         return self.mngr.best_step() if self.steps else None
 
+    def saving(self) -> bool:
+        """An asynchronous save is still being written (this process's view)."""
+        return self.mngr.is_saving_in_progress()
+
+    def wait(self) -> None:
+        """Block until the asynchronous save in flight, if any, is written."""
+        self.mngr.wait_until_finished()
+        self.previous_written_at = time.perf_counter()
+
     def save(self, step: int, params, opt_state, meta: dict[str, Any], val_loss: float | None = None) -> bool:
         """Start an async save of step `step` (no-op if it exists); returns once arrays are copied off."""
         if step in self.mngr.all_steps():
             return False
-        self.mngr.wait_until_finished()  # (Orbax's save would wait here too) so the free space is settled
+        self.wait()  # (Orbax's save would wait here too) so the free space is settled
         distributed.raise_if_any_failed(
             self._space_error(step, params, opt_state),
             lambda m: OSError(errno.ENOSPC, m, str(self.folder)),

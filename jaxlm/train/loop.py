@@ -29,6 +29,7 @@ import jax
 from jaxlm.data.tokenizer import TOKENIZER_FILE
 from jaxlm.tracking.protocol import RunTracker
 from jaxlm.train.agreement import Agreement, agree_on_process_0
+from jaxlm.train.budget import WallclockPlan, out_of_time, planned_steps
 from jaxlm.train.checkpoint import RunCheckpoints
 from jaxlm.train.distributed import is_primary
 from jaxlm.train.flops import flops_per_token, param_counts
@@ -37,7 +38,7 @@ from jaxlm.train.meter import Meter
 from jaxlm.train.optim import build_optimizer, learning_rate_schedule, planned_learning_rates
 from jaxlm.train.profiling import StepProfiler
 from jaxlm.train.sharding import compile_train_step, describe_mesh
-from jaxlm.train.stopping import DivergenceGuard, StopSignals, calibration_step, out_of_time, planned_steps
+from jaxlm.train.stopping import DivergenceGuard, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,7 @@ class _Loop:
     bar: Any  # tqdm
     guard: DivergenceGuard
     best: dict  # {"val_loss", "step"} of the best evaluation so far
-    calibrate_at: int | None  # step after which a wall-clock schedule is sized (None: no sizing)
-    calibrate_from: int  # the first timed step (its end): the steps before it compile caches and warm up
-    requested_steps: int  # max_iterations before any sizing to a wall-clock budget
-    step_times: dict[int, float] = field(default_factory=dict)
-    eval_s: float = 0.0  # duration of the latest eval + sample
-    final_s: float = 0.0  # the time reserved for the final full evaluation (final_eval "full", wall-clock plans)
+    plan: WallclockPlan  # the wall-clock budget's timings and reserve
     next_batch: tuple | None = None  # batch self.step, put on the device while the previous step ran
     bar_step: int = 0  # the step the progress bar shows
     profiler: StepProfiler | None = None
@@ -139,9 +135,7 @@ class TrainingLoop:
             bar=bar,
             guard=DivergenceGuard(c.divergence_factor, c.warmup_iters, resumed.get("initial_loss")),
             best={"val_loss": resumed.get("best_val_loss", math.inf), "step": resumed.get("best_val_step")},
-            calibrate_at=calibration_step(c, self.step),
-            calibrate_from=self.step + 2,
-            requested_steps=c.max_iterations,
+            plan=WallclockPlan.start(c, self.step),
             bar_step=self.step,
             profiler=StepProfiler(c.profile_steps, tracker.run_dir, is_primary()),
         )
@@ -156,10 +150,12 @@ class TrainingLoop:
         loop.profiler.after(self.step, metrics)
         loop.next_batch = self.batch(self.step) if self.step < self.c.max_iterations else None
         loop.meter.record(self.step, metrics)
+        if loop.plan.save_started is not None:
+            loop.plan.poll_save(self.checkpoints.saving(), time.perf_counter())
         calibrating = self._calibrate(loop, metrics)
         c, step = self.c, self.step
         due = calibrating or step == c.max_iterations or any(step % n == 0 for n in self._decision_intervals())
-        reserve = loop.eval_s + loop.final_s  # stop early enough that the final eval still fits the budget
+        reserve = loop.plan.reserve()  # stop early enough that the final eval and save still fit the budget
         if not (due or loop.agreement.active):  # one process: look at the local flags, no device wait
             due = bool(stop.signum) or out_of_time(c, loop.meter.elapsed() + reserve)
         if not due:
@@ -176,6 +172,7 @@ class TrainingLoop:
         if loop.meter.row_due(step, evals) or not val_ok:
             loop.meter.log_row(step, evals)
         is_best = val_ok and evals is not None and evals["val_loss"] < loop.best["val_loss"]
+        self._time_checkpoint_interval(loop)
         if not val_ok or is_best or loop.interrupted_by or last or step % self.c.checkpoint_interval == 0:
             if not self._checkpoint(loop, evals, val_ok, is_best):
                 return False
@@ -195,14 +192,25 @@ class TrainingLoop:
         """schedule_by=wallclock: time the warm steps (the first two after the start are not counted) as
         the loop runs them, ahead of the device, waiting only at both ends; then size the schedule to the
         budget. True at the steps where it waits (decision steps: every process has the same ones)."""
-        at = loop.calibrate_at
-        if at is None or self.step > at or self.step not in (min(at, loop.calibrate_from), at):
+        plan = loop.plan
+        if not plan.times_step(self.step):
             return False
         jax.block_until_ready(metrics)
-        loop.step_times[self.step] = loop.meter.elapsed() - loop.meter.paused_total
-        if self.step == at:
-            loop.eval_s = self._fit_schedule_to_budget(loop)
+        plan.step_times[self.step] = loop.meter.elapsed() - loop.meter.paused_total
+        if self.step == plan.calibrate_at:
+            self._fit_schedule_to_budget(loop)
         return True
+
+    def _time_checkpoint_interval(self, loop: _Loop) -> None:
+        """At checkpoints k1 and k2 (budget.py), before their saves: time the interval between them,
+        evaluations out; at k2, plan again with that time per step (it pays for the checkpoints)."""
+        plan = loop.plan
+        mark = plan.window_mark(self.step, self.c.max_iterations)
+        if mark is None:
+            return
+        plan.window[self.step] = loop.meter.elapsed() - plan.evals_s
+        if mark == 1:
+            self._resize_schedule(loop, plan.interval_step_s(time.perf_counter()), "a checkpoint interval")
 
     def _evaluate_if_due(self, loop: _Loop, last: bool) -> dict[str, float] | None:
         if not (self.step % self.c.eval_interval == 0 or last):
@@ -214,8 +222,8 @@ class TrainingLoop:
         loop.sample = self.sample()
         if loop.sample is not None:
             self.tracker.log_sample(self.step, self.c.sample_prompt, loop.sample)
-        loop.eval_s = time.perf_counter() - t0
-        loop.meter.pause(loop.eval_s)
+        loop.plan.evaluated(time.perf_counter() - t0)
+        loop.meter.pause(loop.plan.eval_s)
         return evals
 
     def _checkpoint(self, loop: _Loop, evals: dict | None, val_ok: bool, is_best: bool) -> bool:
@@ -225,7 +233,10 @@ class TrainingLoop:
             return False
         if is_best:
             loop.best.update(val_loss=evals["val_loss"], step=self.step)
+        pending = loop.plan.save_started is not None  # k1's save, still written: this save waits for it
         t0 = time.perf_counter()
+        if loop.plan.window_mark(self.step, self.c.max_iterations) == 0:
+            loop.plan.save_started = t0  # timed until Orbax has finished it: the reserve for the last save
         self.checkpoints.save(
             self.step,
             self.params,
@@ -233,28 +244,36 @@ class TrainingLoop:
             self.checkpoint_meta(loop.meter, loop.guard, loop.best),
             val_loss=evals and evals["val_loss"],
         )
+        if pending:
+            loop.plan.poll_save(False, self.checkpoints.previous_written_at)
         loop.meter.pause(time.perf_counter() - t0)
         return True
 
-    def _fit_schedule_to_budget(self, loop: _Loop) -> float:
-        """From the measured warm step time, set cosine_cycle_iters (and the step count) so the schedule
-        ends with the budget, final evaluation included, then recompile the step with that schedule.
-        Compiles (the recompile, the full evaluation's step) are kept off the budget's clock, as the
-        first compile is. Returns the eval + sample time."""
-        meter, step_times = loop.meter, loop.step_times
-        first, last = min(step_times), max(step_times)
-        step_s = (step_times[last] - step_times[first]) / max(last - first, 1)
+    def _fit_schedule_to_budget(self, loop: _Loop) -> None:
+        """The first plan: time a warm evaluation and sample, reserve the final full evaluation, and size
+        the schedule from the warm step time. Compiles (the decoder's, the full evaluation's step) are
+        kept off the budget's clock, as the first compile is."""
+        meter, plan = loop.meter, loop.plan
         t0 = time.perf_counter()
         self.evaluate(), self.sample()  # the first call compiles the decoder: not what later evals cost
         t1 = time.perf_counter()
         self.evaluate()  # timed warm, so the plan leaves room for the evals
         t2 = time.perf_counter()
         self.sample()
-        eval_s, sample_s = t2 - t1, time.perf_counter() - t2
+        plan.eval_s = time.perf_counter() - t1
         meter.pause(time.perf_counter() - t0)
-        loop.final_s = self._full_eval_reserve(meter, eval_s)
-        steps = planned_steps(self.c, self.step, meter.elapsed(), step_s, eval_s + sample_s, 0.0, loop.final_s)
-        steps, eval_s, loop.final_s = agree_on_process_0([steps, eval_s + sample_s, loop.final_s])  # process 0's
+        plan.final_s = self._full_eval_reserve(meter, t2 - t1)
+        self._resize_schedule(loop, plan.warm_step_s(), "warm steps")
+
+    def _resize_schedule(self, loop: _Loop, step_s: float, timed: str) -> None:
+        """Set cosine_cycle_iters and max_iterations to the steps that fit the budget at `step_s` (process
+        0's plan, on every process), then recompile the step with that schedule, off the clock."""
+        meter, plan = loop.meter, loop.plan
+        final_s = plan.reserve() - plan.eval_s  # planned_steps adds the final evaluation itself
+        steps = planned_steps(self.c, self.step, meter.elapsed(), step_s, plan.eval_s, 0.0, final_s)
+        steps, plan.eval_s, plan.final_s, plan.save_s = agree_on_process_0(
+            [steps, plan.eval_s, plan.final_s, plan.save_s]
+        )
         steps = int(steps)
         self.c = dataclasses.replace(self.c, cosine_cycle_iters=steps, max_iterations=steps)
         self.schedule = meter.schedule = learning_rate_schedule(self.c)
@@ -263,19 +282,22 @@ class TrainingLoop:
         self.train_step = compile_train_step(
             self.c, self.graphdef, build_optimizer(self.c, self.schedule), self.layout, self.params, self.opt_state
         )
+        self.planned_lr = meter.planned_lr = planned_learning_rates(self.schedule, steps)  # compiles too
         meter.exclude(time.perf_counter() - t0)
         self.tracker.update_config(cosine_cycle_iters=steps, max_iterations=steps)
-        self.planned_lr = meter.planned_lr = planned_learning_rates(self.schedule, steps)
         self.tracker.plan_learning_rate(self.planned_lr)
         loop.bar.total = steps
         log.info(
-            "wall-clock budget: %.4fs/step, eval %.2fs, final full eval %.1fs -> schedule sized to %d steps",
+            "wall-clock budget at step %d (%s): %.4fs/step, eval %.2fs, final eval %.1fs, last save %.2fs "
+            "-> schedule sized to %d steps",
+            self.step,
+            timed,
             step_s,
-            eval_s,
-            loop.final_s,
+            plan.eval_s,
+            plan.final_s,
+            plan.save_s,
             steps,
         )
-        return eval_s
 
     def _full_eval_reserve(self, meter: Meter, eval_s: float) -> float:
         """final_eval "full": compile its step now (off the clock) and estimate its time from the warm
@@ -295,7 +317,7 @@ class TrainingLoop:
     def _finish(self, loop: _Loop, stop: StopSignals) -> RunResult:
         """The run's status and summary, written through the tracker."""
         meter, guard, c = loop.meter, loop.guard, self.c
-        if loop.calibrate_at is not None and c.max_iterations < loop.requested_steps:
+        if loop.plan.calibrate_at is not None and c.max_iterations < loop.plan.requested_steps:
             loop.stopped_by = "wallclock"  # the step count itself was sized to the budget
         status = "diverged" if guard.tripped else "interrupted" if loop.interrupted_by else "completed"
         stop_fields = (

@@ -37,7 +37,7 @@ def learning_rate_schedule(c: Config) -> optax.Schedule:
 
 def planned_learning_rates(schedule: optax.Schedule, max_iterations: int) -> list[float]:
     """The schedule's rate at steps 0, 1, ..., max_iterations, as plain floats (for the tracker)."""
-    return [float(lr) for lr in jax.device_get(jax.vmap(schedule)(jnp.arange(max_iterations + 1)))]
+    return jax.device_get(jax.jit(jax.vmap(schedule))(jnp.arange(max_iterations + 1))).astype(float).tolist()
 
 
 class AdamWState(NamedTuple):

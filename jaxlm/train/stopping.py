@@ -1,13 +1,8 @@
-"""What stops a run early and cleanly: divergence, SIGTERM/SIGINT/SIGHUP, and the wall-clock budget.
+"""What stops a run early and cleanly: divergence and SIGTERM/SIGINT/SIGHUP (the wall-clock
+budget is `jaxlm.train.budget`'s).
 
 Each rule only *decides*; the training loop acts (skips the checkpoint, saves one,
 writes the status), so no signal handler ever touches JAX or the run directory.
-
-Wall-clock budgets (CS336's "race the clock" leaderboard): training time counts
-from the first step (compiles and data preparation excluded, the recompile of a
-sized schedule too), evaluations and samples included; with `schedule_by:
-"wallclock"` the cosine schedule is sized from warm step and evaluation timings
-so that it ends, final evaluation (sampled or full) included, with the budget.
 """
 
 from __future__ import annotations
@@ -17,7 +12,6 @@ import math
 import signal
 import threading
 
-from jaxlm.config import Config
 from jaxlm.errors import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
@@ -100,30 +94,3 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-
-
-CALIBRATION_STEPS = 12  # steps timed before the schedule is sized (the first two are not counted)
-
-
-def calibration_step(c: Config, start_step: int) -> int | None:
-    """The step after which the schedule is sized, or None when it needs no sizing."""
-    if c.schedule_by != "wallclock" or c.cosine_cycle_iters is not None:
-        return None
-    return min(start_step + CALIBRATION_STEPS, c.max_iterations)
-
-
-def planned_steps(
-    c: Config, step: int, elapsed_s: float, step_s: float, eval_s: float, recompile_s: float, final_s: float = 0.0
-) -> int:
-    """Total steps that fit the budget: the time left pays for steps, the evals among them
-    (one every eval_interval, plus the final one, plus `final_s` for a final full evaluation) and
-    `recompile_s` (the loop passes 0: it keeps its recompile off the budget's clock)."""
-    assert c.max_wallclock_seconds is not None
-    left = c.max_wallclock_seconds - elapsed_s - recompile_s - eval_s - final_s
-    per_step = step_s + eval_s / c.eval_interval
-    more = max(int(math.floor(left / per_step)), 0) if per_step > 0 else c.max_iterations
-    return max(min(step + more, c.max_iterations), c.warmup_iters, step + 1)
-
-
-def out_of_time(c: Config, elapsed_s: float) -> bool:
-    return c.max_wallclock_seconds is not None and elapsed_s >= c.max_wallclock_seconds

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlm import launch
-from jaxlm.train.stopping import calibration_step, out_of_time, planned_steps
+from jaxlm.train.budget import WINDOW_STEPS, WallclockPlan, calibration_step, out_of_time, planned_steps
 
 
 def test_planned_steps_pays_for_steps_evals_and_recompile(tiny_config):
@@ -24,6 +24,24 @@ def test_planned_steps_pays_for_steps_evals_and_recompile(tiny_config):
     assert calibration_step(c, 0) == 12
     assert calibration_step(tiny_config(), 0) is None  # schedule_by=steps: nothing to size
     assert out_of_time(c, 100.0) and not out_of_time(c, 99.9) and not out_of_time(tiny_config(), 1e9)
+
+
+def test_the_second_plan_times_whole_checkpoint_intervals_and_reserves_the_last_save(tiny_config):
+    c = tiny_config(max_iterations=100_000, checkpoint_interval=30, max_wallclock_seconds=60.0, schedule_by="wallclock")
+    plan = WallclockPlan.start(c, 0)
+    k2 = 30 + 30 * -(-WINDOW_STEPS // 30)  # the first checkpoint after step 12, then whole intervals
+    assert [s for s in range(k2 + 31) if plan.window_mark(s, 100_000) is not None] == [30, k2]
+    assert plan.window_mark(30, k2) is None  # the current plan ends by k2: nothing to plan again
+    plan.window, plan.save_started = {30: 5.0, k2: 5.0 + 0.02 * (k2 - 30)}, 10.0
+    plan.poll_save(True, 10.2)
+    assert plan.save_started == 10.0  # still writing
+    plan.poll_save(False, 10.5)
+    assert plan.save_s == 0.5 and plan.save_started is None
+    plan.evaluated(1.0), plan.evaluated(2.0)
+    assert plan.eval_s == 2.0 and plan.evals_s == 3.0
+    assert plan.reserve() == 2.0 + 2 * 0.5  # the last save waits for the one in flight, then writes its own
+    assert abs(plan.interval_step_s(20.0) - 0.02) < 1e-12
+    assert WallclockPlan.start(tiny_config(), 0).window_mark(1000, 10**6) is None  # schedule_by=steps
 
 
 W = 15.0  # seconds: long enough that a step or a log row is a small part of it, short for a test
@@ -63,6 +81,7 @@ def test_run_ends_within_the_budget_final_eval_included(tmp_path, tiny_config):
         f"run closed (last checkpoint written) at {summary['wallclock_s']:.2f}s"
     )
     assert summary["status"] == "completed" and summary["stopped_by"] == "wallclock"
-    assert 0.93 * W <= ended <= 1.02 * W
-    # the schedule was sized to the budget and written down for a resume
-    assert resolved["cosine_cycle_iters"] == planned < 1_000_000 and 100 < summary["steps"] <= planned
+    assert 0.93 * W <= ended and summary["wallclock_s"] <= 1.02 * W  # the last save inside the budget too
+    # the schedule was sized to the budget (checkpoints paid for: one every 10 steps here), so the
+    # cosine ran to its end, and it was written down for a resume
+    assert resolved["cosine_cycle_iters"] == planned < 1_000_000 and 0.8 * planned <= summary["steps"] <= planned
