@@ -87,4 +87,4 @@ def test_run_ends_within_the_budget_final_eval_included(tmp_path, tiny_config):
     assert 0.93 * W <= ended or (summary["steps"] == planned and 0.85 * W <= ended)
     # the schedule was sized to the budget (checkpoints paid for: one every 10 steps here), so the
     # cosine ran to its end, and it was written down for a resume
-    assert resolved["cosine_cycle_iters"] == planned < 1_000_000 and 0.8 * planned <= summary["steps"] <= planned
+    assert resolved["cosine_cycle_iters"] == planned < 1_000_000 and 0.75 * planned <= summary["steps"] <= planned
