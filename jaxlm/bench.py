@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from jaxlm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UserError
+from jaxlm.runtime import CommandParser, run_command
 from jaxlm.tracking.fmt import markdown_table, number
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ DATASHEET = "datasheet"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxlm.bench", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="python -m jaxlm.bench", description=__doc__.splitlines()[0])
     p.add_argument(
         "--config", help="config JSON (required for one point; --memory defaults to configs/quickstart.json)"
     )
@@ -278,6 +279,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from jaxlm.runtime import run_command
-
     run_command(main)

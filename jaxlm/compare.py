@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 from jaxlm.errors import EXIT_OK, EXIT_USAGE
+from jaxlm.runtime import CommandParser, run_command
 from jaxlm.tracking.compare import METRICS, X_CHOICES, compare_runs, expand_run_paths
 from jaxlm.tracking.runs import NotARunError, is_run_dir, report_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxlm.compare", description="Compare jaxlm runs.")
+    p = CommandParser(prog="python -m jaxlm.compare", description="Compare jaxlm runs.")
     p.add_argument("runs", nargs="+", help="run directories (globs allowed)")
     p.add_argument(
         "-o",
@@ -74,6 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from jaxlm.runtime import run_command
-
     run_command(main)

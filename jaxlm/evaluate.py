@@ -18,18 +18,14 @@ from pathlib import Path
 
 from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.rundir import parse_checkpoint
-from jaxlm.runtime import run_command
+from jaxlm.runtime import CommandParser, run_command
 from jaxlm.tracking.fmt import number
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every other bad input
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m jaxlm.evaluate", description="Evaluate a run's checkpoint on every token of a file.")
+    p = CommandParser(
+        prog="python -m jaxlm.evaluate", description="Evaluate a run's checkpoint on every token of a file."
+    )
     p.add_argument("--run", required=True, type=Path, help="run directory, e.g. runs/quickstart")
     p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default best)")
     p.add_argument(

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.rundir import parse_checkpoint
-from jaxlm.runtime import run_command
+from jaxlm.runtime import CommandParser, run_command
 from jaxlm.tracking.outputs import OutputError, check_output_files
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m jaxlm.export",
         description="Write a run's weights as CS336-named safetensors (+ config JSON), or as a Hugging Face "
         "transformers Llama directory.",

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
 from jaxlm.rundir import parse_checkpoint
-from jaxlm.runtime import run_command
+from jaxlm.runtime import CommandParser, run_command
 
 MAX_NEW_TOKENS = 100_000  # a bound, so a typo cannot hang the command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m jaxlm.generate",
         description="Sample text from a trained run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

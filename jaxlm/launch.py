@@ -26,7 +26,7 @@ from jaxlm.rundir import (
     claim_run,
     resume_config,
 )
-from jaxlm.runtime import describe_process, exit_on_signal, run_command
+from jaxlm.runtime import CommandParser, describe_process, exit_on_signal, run_command
 from jaxlm.tracking.fmt import number
 from jaxlm.tracking.runs import read_summary, saved_checkpoint_steps
 from jaxlm.train import memory
@@ -36,7 +36,7 @@ EXIT_BY_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxlm.launch", description="Train a jaxlm transformer.")
+    p = CommandParser(prog="python -m jaxlm.launch", description="Train a jaxlm transformer.")
     p.add_argument("--config", help="config JSON file (required unless --resume)")
     p.add_argument("--name", help="run name (default: the config file's stem)")
     p.add_argument("--description", help="what this run tests (overrides the config's description)")

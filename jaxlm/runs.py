@@ -15,11 +15,12 @@ import argparse
 import sys
 
 from jaxlm.errors import EXIT_OK, EXIT_USAGE
+from jaxlm.runtime import CommandParser, run_command
 from jaxlm.tracking.listing import SORT_KEYS, as_json, format_table, list_runs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m jaxlm.runs",
         description="List runs: status, progress, validation losses, time, and rate and ETA while running.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -47,6 +48,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from jaxlm.runtime import run_command
-
     run_command(main)

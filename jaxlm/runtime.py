@@ -23,6 +23,7 @@ process. `python -m jaxlm.launch --config FILE --dry-run` prints what is in effe
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -31,6 +32,18 @@ import threading
 from collections.abc import Callable
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for every jaxlm command: a usage error is one line on stderr, exit 2, like every other
+    bad input (argparse's own prints the whole usage block first). `--help` is unchanged. Sub-commands
+    made with `add_subparsers` are of this class too (argparse copies the parser's class)."""
+
+    def error(self, message: str):
+        from jaxlm.errors import EXIT_USAGE
+
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def host_tuning_env(environ: dict[str, str] | None = None) -> dict[str, str]:

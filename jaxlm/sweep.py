@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
+from jaxlm.runtime import CommandParser, run_command
 from jaxlm.tracking import runlock, sweep_report
 from jaxlm.tracking.fmt import write_json, write_text
 from jaxlm.tracking.outputs import OutputError
@@ -123,7 +124,7 @@ def run_sweep(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxlm.sweep", description="Run a grid of jaxlm runs and compare them.")
+    p = CommandParser(prog="python -m jaxlm.sweep", description="Run a grid of jaxlm runs and compare them.")
     p.add_argument("--config", help="base config JSON file (required unless --report)")
     p.add_argument(
         "--report",
@@ -310,6 +311,4 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
 
 
 if __name__ == "__main__":
-    from jaxlm.runtime import run_command
-
     run_command(main)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO_ROOT, TINY_MODEL, shared_token_cache
-from jaxlm import compare, export, generate, launch, sweep
+from jaxlm import bench, compare, evaluate, export, generate, launch, runs, sweep
 from jaxlm.data import __main__ as data_cli
 from jaxlm.errors import EXIT_ABORTED, EXIT_OK, EXIT_USAGE
 from jaxlm.tracking import runlock
@@ -34,6 +34,7 @@ RUN = {**TINY_MODEL, "max_iterations": 10, "cosine_cycle_iters": 10, "eval_inter
 COMMANDS = {"launch": launch.main, "export": export.main, "compare": compare.main, "generate": generate.main}
 COMMANDS["data"] = data_cli.main
 COMMANDS["sweep"] = sweep.main
+COMMANDS |= {"evaluate": evaluate.main, "runs": runs.main, "bench": bench.main}
 
 
 @pytest.fixture(scope="module")
@@ -388,6 +389,43 @@ CASES = {
 }
 
 
+# Usage errors (argparse's): one line naming the flag, exit 2, for every command.
+for _command, (_required, _int_flag) in {
+    "launch": (["--config", "c.json"], "--resume-step"),
+    "sweep": (["--config", "c.json", "--grid", "seed=1,2"], "--max-parallel"),
+    "evaluate": (["--run", "r"], "--batch-size"),
+    "bench": (["--config", "c.json"], "--steps"),
+}.items():
+    CASES[f"usage-{_command}-bad-int"] = Case(
+        _command, lambda w, f, a=[*_required, _int_flag, "many"]: a, (_int_flag, "invalid int value", "'many'")
+    )
+CASES |= {
+    f"usage-{command}-unknown-flag": Case(command, lambda w, f, a=args: [*a, "--no-such-flag"], ("--no-such-flag",))
+    for command, args in {
+        "generate": ["--run", "r", "--prompt", "a"],
+        "export": ["--run", "r", "--out", "m.safetensors"],
+        "compare": ["r"],
+        "runs": [],
+        "launch": ["--config", "c.json"],
+        "sweep": ["--config", "c.json"],
+        "evaluate": ["--run", "r"],
+        "bench": ["--config", "c.json"],
+        "data": ["prepare", "--train", "t.txt", "--valid", "v.txt", "--out", "o"],
+    }.items()
+}
+CASES |= {
+    "usage-launch-no-config": Case("launch", lambda w, f: ["--name", "x"], ("--config",)),
+    "usage-evaluate-no-run": Case("evaluate", lambda w, f: [], ("--run",)),
+    "usage-generate-no-run": Case("generate", lambda w, f: ["--prompt", "a"], ("--run",)),
+    "usage-data-no-subcommand": Case("data", lambda w, f: [], ("prepare",)),
+    "usage-data-unknown-subcommand": Case("data", lambda w, f: ["fetch"], ("invalid choice", "'fetch'")),
+    "usage-launch-resume-and-if-exists": Case(
+        "launch", lambda w, f: ["--resume", "r", "--resume-if-exists"], ("--resume-if-exists", "drop --resume")
+    ),
+    "usage-bench-two-modes": Case("bench", lambda w, f: ["--suite", "--memory"], ("separate modes",)),
+}
+
+
 @pytest.mark.parametrize("case_id", sorted(CASES))
 def test_hostile_input(case_id, tmp_path, request, capsys):
     case = CASES[case_id]
@@ -398,7 +436,10 @@ def test_hostile_input(case_id, tmp_path, request, capsys):
         args = case.setup(work, finished)
         capsys.readouterr()
         before = tree_hashes(work)
-        code = COMMANDS[case.command](args)
+        try:
+            code = COMMANDS[case.command](args)
+        except SystemExit as stop:  # argparse's way out
+            code = stop.code
         err = capsys.readouterr().err.strip()
     finally:
         while HELD:

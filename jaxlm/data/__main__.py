@@ -15,12 +15,12 @@ from pathlib import Path
 from jaxlm.data.download import DATASETS, default_endpoint, download_dataset
 from jaxlm.data.prepare import prepare_corpus, remove_staging
 from jaxlm.errors import EXIT_OK, EXIT_USAGE, UserError
-from jaxlm.runtime import exit_on_signal
+from jaxlm.runtime import CommandParser, exit_on_signal, run_command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxlm.data", description="Download and prepare training corpora.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = CommandParser(prog="python -m jaxlm.data", description="Download and prepare training corpora.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{download,prepare}")
     d = sub.add_parser("download", help="fetch a corpus's published files (resumable)")
     d.add_argument("dataset", choices=sorted(DATASETS))
     d.add_argument("--dir", default="data/raw", type=Path, help="where the files go (default data/raw)")
@@ -87,6 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from jaxlm.runtime import run_command
-
     run_command(main)
