@@ -104,7 +104,8 @@ def enable_compilation_cache() -> str | None:
 def run_command(main: Callable[[], int]) -> None:
     """Run a command's `main` as the process: host tuning (re-executing once, before JAX is imported)
     and the compilation cache, then exit with main's code. After a second stop signal (exit 130)
-    the process exits at once, without waiting for background checkpoint writers."""
+    the process exits at once, without waiting for background checkpoint writers. After any failure,
+    stderr is closed once main's one line is written, so teardown noise never follows it."""
     from jaxlm.errors import EXIT_ABORTED
 
     reexec_with_host_tuning()
@@ -112,6 +113,11 @@ def run_command(main: Callable[[], int]) -> None:
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
+    if code != 0:
+        # The failure has been reported in its one line. Readers that Orbax and tensorstore abandoned (a
+        # torn checkpoint's array reads) finish in their own threads while the interpreter shuts down and
+        # print a traceback each ("Event loop is closed", "Exception ignored in: <coroutine ...>").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     if code == EXIT_ABORTED:
         os._exit(code)
     sys.exit(code)

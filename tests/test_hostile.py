@@ -389,6 +389,58 @@ CASES = {
 }
 
 
+def _damaged(work: Path, finished: Path, args: Callable[[Path], list[str]]) -> list[str]:
+    """A copy of the finished run whose step-10 checkpoint lost a file's contents (a power loss)."""
+    run = copy_run(work, finished)
+    (run / "checkpoints" / "10" / "params" / "_METADATA").write_bytes(b"")
+    return args(run)
+
+
+DAMAGED_WORDS = ("step 10 is damaged", "_METADATA is empty", "intact steps: [5]")
+CASES |= {  # an explicit damaged step is refused by every command that reads checkpoints
+    f"{command}-damaged-step": Case(
+        command, lambda w, f, a=args: _damaged(w, f, lambda r: [*a(r), "10"]), DAMAGED_WORDS, needs_run=True
+    )
+    for command, args in {
+        "launch": lambda r: ["--resume", str(r), "--resume-step"],
+        "evaluate": lambda r: ["--run", str(r), "--checkpoint"],
+        "generate": lambda r: ["--run", str(r), "--checkpoint"],
+        "export": lambda r: ["--run", str(r), "--out", str(r.parent.parent / "m.safetensors"), "--checkpoint"],
+    }.items()
+}
+
+
+def tear_arrays(step_dir: Path) -> None:
+    """Overwrite the middle of every params data file of a checkpoint: the files are whole and their
+    metadata parses, only the array bytes are wrong (what only tensorstore finds, on restore)."""
+    for data in (step_dir / "params").glob("ocdbt.process_0/d/*"):
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 4 : 3 * len(raw) // 4] = b"Z" * (3 * len(raw) // 4 - len(raw) // 4)
+        data.write_bytes(bytes(raw))
+
+
+def _torn(work: Path, finished: Path, args: Callable[[Path], list[str]]) -> list[str]:
+    run = copy_run(work, finished)
+    tear_arrays(run / "checkpoints" / "10")
+    return args(run)
+
+
+CASES |= {  # the newest checkpoint (also the best) has torn array bytes: one line, the older step offered
+    f"{command}-torn-arrays": Case(
+        command,
+        lambda w, f, a=args, flag=flag: _torn(w, f, a),
+        ("step 10", "corrupt or unreadable", f"{flag} (saved: [5])"),
+        needs_run=True,
+    )
+    for command, args, flag in [
+        ("launch", lambda r: ["--resume", str(r), "--set", "max_iterations=12", "--quiet"], "--resume-step"),
+        ("evaluate", lambda r: ["--run", str(r)], "--checkpoint"),
+        ("generate", lambda r: ["--run", str(r), "--prompt", "Once"], "--checkpoint"),
+        ("export", lambda r: ["--run", str(r), "--out", str(r.parent.parent / "m.safetensors")], "--checkpoint"),
+    ]
+}
+
+
 # Usage errors (argparse's): one line naming the flag, exit 2, for every command.
 for _command, (_required, _int_flag) in {
     "launch": (["--config", "c.json"], "--resume-step"),
@@ -495,6 +547,17 @@ def test_two_concurrent_launches_of_one_name(tmp_path, finished):
     assert first.returncode == EXIT_OK, err
     assert losses(run) == losses(finished)
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_torn_checkpoint_is_one_line_to_the_end_of_the_process(tmp_path, finished):
+    """Through the real process: tensorstore's abandoned readers print nothing after the error line."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    tear_arrays(run / "checkpoints" / "10")
+    proc = cli("jaxlm.evaluate", "--run", str(run))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_USAGE, err
+    assert err.count("\n") == 1 and err.startswith("error: checkpoint at step 10"), err
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, EXIT_ABORTED), (signal.SIGTERM, 75), (signal.SIGHUP, 75)])

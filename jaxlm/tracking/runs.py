@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,14 +52,51 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return read_json_object(Path(run_dir) / "summary.json")
 
 
-def saved_checkpoint_steps(run_dir: str | Path) -> list[int]:
-    """Steps with a finished checkpoint (Orbax renames `<step>.orbax-checkpoint-tmp-*` to `<step>` when a
-    save completes), read from the directory alone: no JAX, so the sweep and the log can ask it."""
+# What every finished jaxlm checkpoint holds (docs/architecture.md, "Checkpoints"), and the names of the
+# small JSON files Orbax writes into it; array data lives in binary files beside them.
+CHECKPOINT_FILES = ("params/_METADATA", "opt_state/_METADATA", "meta/metadata")
+CHECKPOINT_JSON_NAMES = frozenset({"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata", "metrics"})
+
+
+def checkpoint_damage(step_dir: Path) -> str | None:
+    """What is wrong with a finished checkpoint folder, as a phrase that names the file; None if it looks
+    whole. A power loss or a full disk leaves files missing, empty (zero bytes: nothing Orbax writes is
+    empty) or torn (a JSON file that does not parse). Reads only the small JSON files, never the arrays."""
+    for name in CHECKPOINT_FILES:
+        if not (step_dir / name).is_file():
+            return f"{step_dir / name} is missing"
+    try:
+        files = sorted(p for p in step_dir.rglob("*") if p.is_file())
+        for path in files:
+            if path.stat().st_size == 0:
+                return f"{path} is empty"
+            if path.name in CHECKPOINT_JSON_NAMES or path.parent.name == "array_metadatas":
+                json.loads(path.read_bytes())
+    except OSError as e:
+        return f"{e.filename or step_dir} cannot be read ({e.strerror or e})"
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return f"{path} is not valid JSON"
+    return None
+
+
+def saved_checkpoint_steps(run_dir: str | Path, on_damage: Callable[[str], None] | None = None) -> list[int]:
+    """Steps with a finished, undamaged checkpoint (Orbax renames `<step>.orbax-checkpoint-tmp-*` to
+    `<step>` when a save completes; `checkpoint_damage` skips what a power loss left), read from the
+    directory alone: no JAX, so the sweep and the log can ask it. `on_damage(line)` hears of each
+    damaged step skipped."""
     folder = Path(run_dir) / "checkpoints"
     try:
-        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+        found = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
     except OSError:
         return []
+    intact = []
+    for step in found:
+        damage = checkpoint_damage(folder / str(step))
+        if damage is None:
+            intact.append(step)
+        elif on_damage is not None:
+            on_damage(f"checkpoint at step {step} skipped: {damage}")
+    return intact
 
 
 def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -16,11 +16,18 @@ the one with the lowest validation loss (BestN over the checkpoints that carry
 metrics). Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it
 when complete, so a process killed mid-save leaves only a temporary directory;
 it is never listed as a step and is deleted when the run's manager next opens.
+
+Damage that a power loss or a full disk leaves in a finished step (a missing, empty or
+torn file: `jaxlm.tracking.runs.checkpoint_damage`) hides that step from Orbax
+(`_IntactSteps`): it is skipped with one warning line, and resume, `--resume-step`,
+generate, evaluate and export use the intact ones. A resumed run that saves that
+step again first moves the damaged folder aside, to `<step>.damaged` (kept, never deleted).
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import math
@@ -37,6 +44,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from jaxlm.config import IDENTITY_KEYS, Config
 from jaxlm.errors import ConfigError, UserError
 from jaxlm.rundir import NO_CHECKPOINT, RunDir
+from jaxlm.tracking.runs import checkpoint_damage
 from jaxlm.train import distributed
 
 log = logging.getLogger(__name__)
@@ -73,6 +81,36 @@ def _quiet_orbax() -> None:
         absl_log.addFilter(_QuietMissingMetrics())
 
 
+class _IntactSteps(ocp.step.NameFormat):
+    """Orbax's standard step names (`checkpoints/<step>`), but a damaged step is not a step: Orbax never
+    lists, reads or picks it as latest or best (it would fail to parse its metrics when the manager opens,
+    or fail deep inside tensorstore on restore). Each damaged folder is one warning, once per process."""
+
+    warned: set[str] = set()
+
+    def __init__(self):
+        self.standard = ocp.step.standard_name_format()
+
+    def build_name(self, step: int) -> str:
+        return self.standard.build_name(step)
+
+    def intact(self, metadata) -> bool:
+        damage = checkpoint_damage(Path(metadata.path))
+        if damage is not None and damage not in self.warned:
+            self.warned.add(damage)
+            log.warning("checkpoint at step %d skipped: %s", metadata.step, damage)
+        return damage is None
+
+    def find_all(self, base_path):
+        return iter([m for m in self.standard.find_all(base_path) if self.intact(m)])
+
+    def find_step(self, base_path, step: int):
+        metadata = self.standard.find_step(base_path, step)
+        if not self.intact(metadata):
+            raise ValueError(f"checkpoint at step {step} is damaged")
+        return metadata
+
+
 def open_manager(run_dir: str | Path, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
     """The run's CheckpointManager: async saves, latest `keep` + best-by-val_loss preserved."""
     _quiet_orbax()
@@ -90,6 +128,7 @@ def open_manager(run_dir: str | Path, keep: int = 3, *, read_only: bool = False)
         cleanup_tmp_directories=not read_only,
         read_only=read_only,
         create=not read_only,
+        step_name_format=_IntactSteps(),
     )
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options)
 
@@ -106,7 +145,10 @@ def choose_step(mngr: ocp.CheckpointManager, which: str | int, run_dir: str | Pa
         return best if best is not None else steps[-1]
     step = int(which)
     if step not in steps:
-        raise CheckpointError(f"run '{run_dir}' has no checkpoint at step {step} (saved steps: {steps})")
+        folder = Path(run_dir) / CHECKPOINTS / str(step)
+        damage = checkpoint_damage(folder) if folder.is_dir() else None
+        what = f"its checkpoint at step {step} is damaged ({damage})" if damage else f"has no checkpoint at step {step}"
+        raise CheckpointError(f"run '{run_dir}': {what} (intact steps: {steps})")
     return step
 
 
@@ -132,6 +174,18 @@ def check_identity(meta: dict[str, Any], c: Config, run_dir: str | Path) -> None
             )
 
 
+def unreadable(run_dir: str | Path, step: int, error: Exception, steps, flag: str) -> CheckpointError:
+    """The one-line error for a checkpoint whose files are whole but whose contents cannot be read
+    (array bytes torn inside a file: only tensorstore finds that, on restore), naming the older steps
+    that `flag` can pick instead."""
+    detail = (str(error).splitlines() or [type(error).__name__])[0].split(". See full TensorStore")[0][:160]
+    older = [s for s in steps if s < step]
+    hint = f"; pick an older one with {flag} (saved: {older})" if older else "; no older checkpoint exists"
+    return CheckpointError(
+        f"checkpoint at step {step} in '{Path(run_dir) / CHECKPOINTS}' is corrupt or unreadable ({detail}){hint}"
+    )
+
+
 def check_resumable(run_dir: str | Path, which: str | int = "latest", config: Config | None = None) -> int:
     """The step a resume would restore; CheckpointError if there is none, ConfigError if `config`
     disagrees with the checkpoint's identity (cheap: reads the meta, no arrays)."""
@@ -147,10 +201,7 @@ def check_resumable(run_dir: str | Path, which: str | int = "latest", config: Co
             try:
                 meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
             except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files
-                raise CheckpointError(
-                    f"checkpoint at step {step} in '{Path(run_dir) / CHECKPOINTS}' is corrupt or unreadable "
-                    f"({type(e).__name__}); pick another with --resume-step"
-                ) from None
+                raise unreadable(run_dir, step, e, mngr.all_steps(), "--resume-step") from None
             check_identity(meta, config, run_dir)
         return step
     finally:
@@ -195,6 +246,7 @@ class RunCheckpoints:
             lambda m: OSError(errno.ENOSPC, m, str(self.folder)),
             what=f"save the checkpoint of step {step}",
         )
+        self._set_aside_damaged(step)
         metrics = {"val_loss": float(val_loss)} if val_loss is not None and math.isfinite(val_loss) else None
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
@@ -206,6 +258,20 @@ class RunCheckpoints:
     @property
     def folder(self) -> Path:
         return self.run_dir.absolute() / CHECKPOINTS
+
+    def _set_aside_damaged(self, step: int) -> None:
+        """A damaged folder of `step` (skipped on resume; this run is writing the step again) is renamed
+        to `<step>.damaged` (or `.damaged-N`), out of Orbax's way, and kept."""
+        path = self.folder / str(step)
+        if not (path.exists() and distributed.is_primary()):
+            return
+        aside = next(
+            p
+            for i in itertools.count()
+            if not (p := path.with_name(f"{step}.damaged" + (f"-{i}" if i else ""))).exists()
+        )
+        path.rename(aside)
+        log.warning("the damaged checkpoint at step %d was moved to %s; saving the step again", step, aside)
 
     def _space_error(self, step: int, params, opt_state) -> OSError | None:
         """ENOSPC before a save that would not fit: the size of the last finished checkpoint (else the
@@ -239,15 +305,8 @@ class RunCheckpoints:
         )
         try:
             restored = self.mngr.restore(step, args=args)
-        except Exception as e:  # Orbax/tensorstore raise many types for damaged files
-            older = [s for s in self.steps if s < step]
-            hint = (
-                f"; pick an older one with --resume-step (saved: {older})" if older else "; no older checkpoint exists"
-            )
-            detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            raise CheckpointError(
-                f"checkpoint at step {step} in '{self.run_dir / CHECKPOINTS}' is corrupt or unreadable ({detail}){hint}"
-            ) from None
+        except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types for damaged files
+            raise unreadable(self.run_dir, step, e, self.steps, "--resume-step") from None
         return restored.params, restored.opt_state, dict(restored.meta)
 
     def drop_after(self, step: int) -> None:
@@ -270,11 +329,8 @@ def restore_params(run_dir: str | Path, which: str | int, target: Any) -> tuple[
         step = choose_step(mngr, which, run_dir)
         try:
             params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
-        except Exception as e:
-            raise CheckpointError(
-                f"checkpoint at step {step} in '{Path(run_dir) / CHECKPOINTS}' is corrupt or "
-                f"unreadable ({type(e).__name__})"
-            ) from None
+        except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types for damaged files
+            raise unreadable(run_dir, step, e, mngr.all_steps(), "--checkpoint") from None
     finally:
         mngr.close()
     return params, step

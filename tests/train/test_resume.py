@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -343,3 +344,44 @@ def test_resume_refuses_when_the_training_data_changed(config_file, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "training data changed" in err and "20000" in err and "30000" in err
     assert (tmp_path / "runs" / "run" / "metrics.csv").read_text() == before  # nothing rewritten
+
+
+@pytest.mark.slow
+def test_power_loss_in_the_newest_checkpoint_resumes_from_the_previous_one(config_file, tmp_path, caplog):
+    """A power loss (or a full disk) leaves a checkpoint's files empty: each file of the newest checkpoint,
+    emptied in turn, makes that step skipped with one warning, and every reader uses the previous one."""
+    from jaxlm.tracking.runs import saved_checkpoint_steps
+    from jaxlm.train.checkpoint import CheckpointError, check_resumable, load_with_step
+
+    assert train(config_file, tmp_path, "straight", "checkpoint_interval=3") == EXIT_OK
+    assert train(config_file, tmp_path, "cut", "checkpoint_interval=3", "max_iterations=9") == EXIT_OK
+    cut = tmp_path / "cut"
+    *older, newest = saved_checkpoint_steps(cut)
+    previous = older[-1]
+    assert newest == 9
+    files = sorted(p.relative_to(cut) for p in (cut / "checkpoints" / "9").rglob("*") if p.is_file())
+    assert len(files) > 20  # the params, optimizer state and meta items, with Orbax's metadata
+    for rel in files:
+        work = tmp_path / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(cut, work)
+        (work / rel).write_bytes(b"")
+        caplog.clear()
+        assert check_resumable(work, "latest") == previous, rel  # what --resume, evaluate, --resume-if-exists use
+        assert load_with_step(work, "latest")[2] == previous, rel  # what generate, export and jaxlm.load use
+        assert saved_checkpoint_steps(work) == older, rel  # what the sweep and the run's records use
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warnings == [f"checkpoint at step 9 skipped: {work / rel} is empty"], (rel, warnings)
+        with pytest.raises(
+            CheckpointError,
+            match=rf"step 9 is damaged .*{rel.name} is empty.*\(intact steps: {re.escape(str(older))}\)",
+        ):
+            check_resumable(work, 9)
+    # the run resumes from the previous checkpoint, trains the same steps as a run that was never cut, and
+    # saves step 9 again, keeping the damaged folder aside
+    damaged = max(files, key=lambda rel: (cut / rel).stat().st_size)  # the biggest array file
+    (cut / damaged).write_bytes(b"")
+    assert resume(cut, "--set", "max_iterations=12") == EXIT_OK
+    assert rows(cut, after=previous) == rows(tmp_path / "straight", after=previous)
+    assert (cut / "checkpoints" / "9.damaged" / damaged.relative_to("checkpoints/9")).stat().st_size == 0
+    assert 9 in summary(cut)["checkpoint_steps"] and summary(cut)["resumed_from_step"] == previous
