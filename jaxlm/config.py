@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from jaxlm.errors import ConfigError
+from jaxlm.errors import ConfigError, file_problem
 
 
 class Resume(enum.Enum):
@@ -246,6 +246,15 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+MAX_INT = 2**31 - 1  # steps, counts and seeds reach JAX as int32 (a larger one fails inside jit)
+
+
+def _in_int32(key: str, value: int) -> int:
+    if abs(value) > MAX_INT:
+        raise ConfigError(f"config key '{key}': at most {MAX_INT:,} in size, got {value:.3g}")
+    return value
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats."""
     hint, optional = _unwrap_optional(_HINTS[key])
@@ -262,10 +271,10 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if _is_int(value):
+            return _in_int32(key, value)
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
@@ -276,7 +285,7 @@ def _coerce(key: str, value: Any) -> Any:
             return value
     elif typing.get_args(hint) == (int, int):  # tuple[int, int]: a JSON list of two integers
         if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value):
-            return tuple(int(v) for v in value)
+            return tuple(_in_int32(key, int(v)) for v in value)
         raise ConfigError(f"config key '{key}': expected a list of two integers, got {value!r}")
     elif typing.get_origin(hint) is tuple:  # tuple[str, ...]: a JSON list of strings
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -317,10 +326,8 @@ def _check_known(key: str) -> None:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a config JSON file into a dict, with one-line errors for the usual mistakes."""
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"config file '{path}': is a directory, not a file")
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}': does not exist")
+    if problem := file_problem(path):
+        raise ConfigError(f"config file '{path}': {problem}")
     try:
         raw = loads_strict(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -342,7 +349,10 @@ def _no_constant(name: str) -> Any:
 
 def loads_strict(text: str) -> Any:
     """json.loads without Python's NaN/Infinity extension: a config holds finite numbers only."""
-    return json.loads(text, parse_constant=_no_constant)
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
 
 
 def config_values(stored: dict[str, Any]) -> dict[str, Any]:
@@ -389,6 +399,8 @@ def validate(c: Config) -> None:
         raise ConfigError(
             f"config key 'num_heads': head dimension d_model/num_heads={c.head_dim} must be even for RoPE"
         )
+    if c.seed < 0:
+        raise ConfigError(f"config key 'seed': must be >= 0, got {c.seed}")
     if c.warmup_iters < 0:
         raise ConfigError(f"config key 'warmup_iters': must be >= 0, got {c.warmup_iters}")
     if c.warmup_iters > c.max_iterations:
@@ -409,8 +421,8 @@ def validate(c: Config) -> None:
             raise ConfigError(f"config key '{key}': must be in [0, 1), got {getattr(c, key)}")
     if c.weight_decay < 0:
         raise ConfigError(f"config key 'weight_decay': must be >= 0, got {c.weight_decay}")
-    if c.init_from is not None and not Path(c.init_from).is_file():
-        raise ConfigError(f"config key 'init_from': '{c.init_from}' does not exist")
+    if c.init_from is not None and (problem := file_problem(c.init_from)):
+        raise ConfigError(f"config key 'init_from': '{c.init_from}' {problem}")
     if c.max_wallclock_seconds is not None and not c.max_wallclock_seconds > 0:
         raise ConfigError(f"config key 'max_wallclock_seconds': must be positive, got {c.max_wallclock_seconds}")
     if c.schedule_by == "wallclock" and c.max_wallclock_seconds is None:

@@ -4,6 +4,8 @@ Each error's message is one line that names what is wrong (a config key, a file)
 """
 
 import signal
+import stat
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # an unexpected exception inside training
@@ -27,3 +29,29 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A missing, malformed or incompatible data or tokenizer file."""
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be read as a regular file, for a message ("does not exist", "is a directory, not
+    a file", "is a FIFO, not a regular file"), or None when it can. A FIFO is not missing: reading one
+    would wait for a writer forever."""
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        return f"is {kind}, not a regular file"
+    return None

@@ -73,9 +73,14 @@ def parse_checkpoint(text: str) -> str | int:
     return text
 
 
+MAX_NAME_BYTES = 200  # a file name is at most 255 bytes; the rest is room for `.<name>.tmp-<pid>` and the like
+
+
 def check_name(name: str) -> None:
     if name in (".", "..") or not NAME_PATTERN.match(name):
         raise UserError(f"--name '{name}': use only letters, digits and . _ = - (no path separators or '..')")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise UserError(f"--name '{name[:40]}...': {len(name.encode())} bytes long, at most {MAX_NAME_BYTES}")
 
 
 def check_writable(output_dir: str | Path) -> None:
@@ -105,10 +110,7 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     if not run_dir.exists() and not run_dir.is_symlink() or _abandoned_claim(run_dir):
         return
     if not overwrite:
-        raise UserError(
-            f"run directory '{run_dir}' already exists: choose another --name, "
-            f"continue it with --resume {run_dir}, or replace it with --overwrite"
-        )
+        raise UserError(f"run directory '{run_dir}' already exists: {_ways_on(run_dir)}")
     if run_dir.is_symlink() or not is_jaxlm_run(run_dir):
         raise UserError(
             f"--overwrite: '{run_dir}' is not a jaxlm run directory (no config.json with summary.json or "
@@ -117,6 +119,18 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     who = runlock.holder(run_dir)
     if who is not None:
         raise UserError(f"--overwrite: run directory '{run_dir}' is in use by {who}")
+
+
+def _ways_on(run_dir: Path) -> str:
+    """What to do about an existing run directory, never advising to delete a run worth keeping: only
+    a jaxlm run that saved no checkpoint is offered --overwrite (there is nothing to resume)."""
+    from jaxlm.tracking.runs import saved_checkpoint_steps
+
+    if not is_jaxlm_run(run_dir) or run_dir.is_symlink():
+        return "it is not a jaxlm run; choose another --name or --output-dir"
+    if saved_checkpoint_steps(run_dir):
+        return f"choose another --name, or continue it with --resume {run_dir} (--set max_iterations=N: longer)"
+    return "it saved no checkpoint; choose another --name, or start it again with --overwrite"
 
 
 def _abandoned_claim(run_dir: Path) -> bool:

@@ -90,6 +90,10 @@ def enable_compilation_cache() -> str | None:
     from jaxlm.data.sources import cache_root
 
     path = str(cache_root() / "xla")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # JAXLM_CACHE_DIR is a file or read-only: run without the cache (the data says why)
+        return None
     # Cache every executable: on the CPU the steps of small models compile in about a second, under
     # JAX's default 1 s threshold, and all of that is start-up time a re-run can skip.
     if jax is None:

@@ -159,12 +159,12 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, trained, capsys):
+def test_existing_run_dir_is_refused_and_an_invalid_overwrite_leaves_it(tmp_path, trained, capsys):
     config = json.loads((trained / "config.json").read_text())
     config.pop("name")
     out = trained.parent
     before = snapshot(trained)
-    assert_refused(run(tmp_path, config, out=out), capsys, "already exists", "--resume", "--overwrite")
+    assert_refused(run(tmp_path, config, out=out), capsys, "already exists", "--resume")
     # --overwrite with a config that does not validate leaves the old run alone
     assert_refused(run(tmp_path, {**config, "d_model": 30}, "--overwrite", out=out), capsys, "d_model")
     assert snapshot(trained) == before

@@ -99,6 +99,8 @@ class Case:
     may_change: tuple[str, ...] = ()  # paths (relative to the work folder) the case may create or change
     needs_run: bool = False
     extra: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)  # environment variables set for the case (a path is under work)
+    absent: tuple[str, ...] = ()  # words the message must not hold (advice to destroy something)
 
 
 def config_file(work: Path, text: str | bytes | dict, name: str = "c.json") -> str:
@@ -201,11 +203,24 @@ CASES = {
     ),
     "attention-unknown": Case("launch", lambda w, f: new_run(w, {**RUN, "attention": "flash"}), ("attention",)),
     "sample-tokens-huge": Case("launch", lambda w, f: new_run(w, {**RUN, "sample_tokens": 10**9}), ("sample_tokens",)),
-    "existing-name": Case(
+    "existing-name": Case(  # a finished run is never offered --overwrite
         "launch",
         lambda w, f: (copy_run(w, f, "r"), new_run(w, RUN))[-1],
-        ("already exists", "--overwrite"),
+        ("already exists", "--resume", "max_iterations"),
         needs_run=True,
+        absent=("--overwrite",),
+    ),
+    "existing-name-without-checkpoint": Case(
+        "launch",
+        lambda w, f: (shutil.rmtree(copy_run(w, f, "r") / "checkpoints"), new_run(w, RUN))[-1],
+        ("already exists", "saved no checkpoint", "--overwrite"),
+        needs_run=True,
+    ),
+    "existing-name-not-a-run": Case(
+        "launch",
+        lambda w, f: (mine(w / "runs" / "r" / "notes.txt"), new_run(w, RUN))[-1],
+        ("already exists", "not a jaxlm run"),
+        absent=("--overwrite",),
     ),
     "overwrite-not-a-run": Case(
         "launch",
@@ -409,6 +424,111 @@ CASES |= {  # an explicit damaged step is refused by every command that reads ch
     }.items()
 }
 
+CASES |= {  # values that pass a type check but would fail later, inside JAX, numpy or the file system
+    "config-seed-negative": Case("launch", lambda w, f: new_run(w, {**RUN, "seed": -1}), ("'seed'", ">= 0")),
+    "config-seed-too-large": Case("launch", lambda w, f: new_run(w, {**RUN, "seed": 2**70}), ("'seed'", "at most")),
+    "config-count-astronomical": Case(
+        "launch", lambda w, f: new_run(w, {**RUN, "max_iterations": 1e30}), ("'max_iterations'", "at most", "1e+30")
+    ),
+    "set-count-astronomical": Case(
+        "launch", lambda w, f: new_run(w, RUN, "--set", "checkpoint_interval=1e40"), ("'checkpoint_interval'",)
+    ),
+    "config-deeply-nested": Case("launch", lambda w, f: new_run(w, "[" * 100_000 + "]" * 100_000), ("too deeply",)),
+    "name-too-long": Case("launch", lambda w, f: new_run(w, RUN, name="n" * 300), ("300 bytes", "at most 200")),
+    "config-stem-too-long": Case(
+        "launch",
+        lambda w, f: ["--config", config_file(w, RUN, "c" * 240 + ".json"), "--output-dir", str(w / "runs")],
+        ("240 bytes", "--name"),
+    ),
+    "sweep-point-name-too-long": Case(
+        "sweep",
+        lambda w, f: [
+            "--config",
+            config_file(w, RUN),
+            "--name",
+            "s" * 195,
+            "--grid",
+            "seed=1,2",
+            "--output-dir",
+            str(w / "runs"),
+        ],  # fmt: skip
+        ("bytes long", "at most 200"),
+    ),
+    "cache-dir-is-a-file": Case(
+        "launch",
+        lambda w, f: ((w / "cache").write_text("a file"), new_run(w, RUN))[-1],
+        ("cannot write tokens", "JAXLM_CACHE_DIR", "Not a directory"),
+        env={"JAXLM_CACHE_DIR": "cache"},
+    ),
+    "evaluate-context-too-large": Case(
+        "evaluate",
+        lambda w, f: ["--run", str(copy_run(w, f)), "--context-length", "100000000"],
+        ("100000000 tokens", "lower --context-length"),
+        needs_run=True,
+    ),
+    "evaluate-batch-too-large": Case(
+        "evaluate",
+        lambda w, f: ["--run", str(copy_run(w, f)), "--batch-size", "100000000"],
+        ("100000000 windows", "--batch-size"),
+        needs_run=True,
+    ),
+}
+
+
+def _bad_tokenizer(work: Path, finished: Path, content: bytes, args: Callable[[Path], list[str]]) -> list[str]:
+    run = copy_run(work, finished)
+    (run / "tokenizer.json").write_bytes(content)
+    return args(run)
+
+
+CASES |= {  # a run's tokenizer.json that a power loss emptied, or that was overwritten with something else
+    "generate-tokenizer-empty": Case(
+        "generate",
+        lambda w, f: _bad_tokenizer(w, f, b"", lambda r: ["--run", str(r), "--prompt", "Once"]),
+        ("tokenizer.json", "is empty"),
+        needs_run=True,
+    ),
+    "evaluate-text-tokenizer-garbage": Case(
+        "evaluate",
+        lambda w, f: _bad_tokenizer(
+            w, f, b'{"model": ', lambda r: ["--run", str(r), "--data", mine(w / "story.txt").as_posix()]
+        ),
+        ("tokenizer.json", "is damaged"),
+        needs_run=True,
+    ),
+    "export-hf-tokenizer-not-utf8": Case(
+        "export",
+        lambda w, f: _bad_tokenizer(
+            w, f, b"\xff\xfe", lambda r: ["--run", str(r), "--format", "hf", "--out", str(w / "hf")]
+        ),
+        ("tokenizer.json", "is damaged", "UTF-8"),
+        needs_run=True,
+    ),
+}
+
+
+def fifo(path: Path) -> str:
+    os.mkfifo(path)
+    return str(path)
+
+
+CASES |= {  # a FIFO where a file is expected: named for what it is (not "missing"), never opened (it would block)
+    "config-is-fifo": Case(
+        "launch", lambda w, f: ["--config", fifo(w / "c.json"), "--output-dir", str(w / "runs")], ("is a FIFO",)
+    ),
+    "train-data-is-fifo": Case(
+        "launch",
+        lambda w, f: new_run(w, {**RUN, "train_data_path": fifo(w / "train.txt")}),
+        ("'train_data_path'", "is a FIFO, not a regular file"),
+    ),
+    "evaluate-data-is-fifo": Case(
+        "evaluate",
+        lambda w, f: ["--run", str(copy_run(w, f)), "--data", fifo(w / "story.txt")],
+        ("--data", "is a FIFO"),
+        needs_run=True,
+    ),
+}
+
 
 def tear_arrays(step_dir: Path) -> None:
     """Overwrite the middle of every params data file of a checkpoint: the files are whole and their
@@ -479,11 +599,13 @@ CASES |= {
 
 
 @pytest.mark.parametrize("case_id", sorted(CASES))
-def test_hostile_input(case_id, tmp_path, request, capsys):
+def test_hostile_input(case_id, tmp_path, request, capsys, monkeypatch):
     case = CASES[case_id]
     finished = request.getfixturevalue("finished") if case.needs_run else None
     work = tmp_path / "work"
     work.mkdir()
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, str(work / value))
     try:
         args = case.setup(work, finished)
         capsys.readouterr()
@@ -500,6 +622,8 @@ def test_hostile_input(case_id, tmp_path, request, capsys):
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
     for word in case.words:
         assert word in err, err
+    for word in case.absent:
+        assert word not in err, err
     after = tree_hashes(work)
     changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
     changed -= {p for p in changed if p.endswith("/" + runlock.LOCK_FILE)}  # records its last holder; no data

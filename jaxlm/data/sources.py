@@ -13,7 +13,7 @@ from pathlib import Path
 from jaxlm.config import Config
 from jaxlm.data.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, special_tokens_of, train_tokenizer
 from jaxlm.data.tokens import check_text_file, encode_text_file
-from jaxlm.errors import DataError
+from jaxlm.errors import DataError, file_problem
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,25 @@ class DataFiles:
 
 def cache_root() -> Path:
     return Path(os.environ.get("JAXLM_CACHE_DIR") or Path.home() / ".cache" / "jaxlm")
+
+
+def writable_cache(folder: Path) -> Path:
+    """`folder`, created, where encoded tokens go; DataError when it cannot be written (a file in its path,
+    read-only), naming JAXLM_CACHE_DIR when the folder is in the token cache."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        root = cache_root()
+        where = (
+            f"the token cache '{root}' (JAXLM_CACHE_DIR; set it to a writable folder)"
+            if folder.is_relative_to(root)
+            else f"'{folder}'"
+        )
+        raise DataError(f"cannot write tokens in {where}: {e.strerror}") from None
+    return folder
 
 
 def file_digest(path: Path) -> str:
@@ -96,7 +115,10 @@ def data_report(c: Config) -> list[str]:
         return [f"data: {e}"]
     lines = []
     for key, path in zip(("train_data_path", "val_data_path"), paths):
-        state = "present" if path.is_file() else f"MISSING; make it with: {how_to_make(path, c)}"
+        problem = file_problem(path)
+        state = "present" if problem is None else problem
+        if not path.exists():
+            state = f"MISSING; make it with: {how_to_make(path, c)}"
         lines.append(f"data: {key} '{path}': {state}")
     return lines
 
@@ -104,12 +126,9 @@ def data_report(c: Config) -> list[str]:
 def check_sources(c: Config) -> None:
     """Fail fast (before anything is written) when a configured data file is missing."""
     for key, path in zip(("train_data_path", "val_data_path"), source_paths(c)):
-        if path.is_dir():
-            raise DataError(f"config key '{key}': data file '{path}' is a directory, not a file")
-        if not path.is_file():
-            raise DataError(
-                f"config key '{key}': data file '{path}' does not exist; make it with: {how_to_make(path, c)}"
-            )
+        if problem := file_problem(path):
+            how = f"; make it with: {how_to_make(path, c)}" if not path.exists() else ""
+            raise DataError(f"config key '{key}': data file '{path}' {problem}{how}")
         if path.suffix not in (".txt", ".npy"):
             raise DataError(f"config key '{key}': '{path}' is neither a .txt nor a .npy file")
 
@@ -138,7 +157,7 @@ def prepare(c: Config, *, progress: bool = False) -> DataFiles:
         log.info("training a %d-token BPE on %s", c.vocab_size, train_src)
         if progress:
             print(f"training a {c.vocab_size}-token BPE tokenizer on {train_src} ...", file=sys.stderr, flush=True)
-        tmp = cache / f"tmp-{os.getpid()}"
+        tmp = writable_cache(cache) / f"tmp-{os.getpid()}"
         train_tokenizer([train_src], c.vocab_size, tmp, special_tokens=c.special_tokens, progress=progress)
         os.replace(tmp / TOKENIZER_FILE, tok_path)
         tmp.rmdir()
@@ -150,6 +169,7 @@ def prepare(c: Config, *, progress: bool = False) -> DataFiles:
 def _encode_cached(tokenizer: Path, text: Path, cache: Path, progress: bool) -> Path:
     out = cache / f"{text.stem}-{file_digest(text)}.npy"
     if not out.is_file():
+        writable_cache(cache)
         encode_text_file(load_tokenizer(tokenizer), text, out, progress=progress)
     return out
 
@@ -186,13 +206,12 @@ def eval_token_file(run_dir: Path, config: Config, data: Path | None, *, progres
         _, data = source_paths(config)
     else:
         key = "--data"
-    if not data.is_file():
-        raise DataError(f"{key}: data file '{data}' does not exist")
+    if problem := file_problem(data):
+        raise DataError(f"{key}: data file '{data}' {problem}")
     if data.suffix == ".npy":
         return data, data
     if data.suffix not in (".txt", ".gz"):
         raise DataError(f"{key}: '{data}' is neither a .npy token file nor a .txt/.txt.gz text file")
     tokenizer = run_tokenizer_path(run_dir, config)
     cache = cache_root() / f"eval-{file_digest(tokenizer)}"
-    cache.mkdir(parents=True, exist_ok=True)
     return data, _encode_cached(tokenizer, data, cache, progress)

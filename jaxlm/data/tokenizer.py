@@ -66,12 +66,20 @@ def load_tokenizer(path: str | Path, special_tokens: Sequence[str] = (EOT,)) -> 
         if (path / TOKENIZER_FILE).is_file():
             path = path / TOKENIZER_FILE
         elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-            tok = _byte_level(Tokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))))
+            try:
+                bpe = models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
+            except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception
+                raise DataError(f"tokenizer '{path}': vocab.json + merges.txt are damaged ({e})") from None
+            tok = _byte_level(Tokenizer(bpe))
             tok.add_special_tokens(list(special_tokens))
             return tok
         else:
             raise DataError(f"tokenizer '{path}': holds neither {TOKENIZER_FILE} nor vocab.json + merges.txt")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception for any bad file
+        what = "is empty" if path.is_file() and path.stat().st_size == 0 else f"is damaged ({e})"
+        raise DataError(f"tokenizer '{path}': {what}") from None
 
 
 def decode(tok: Tokenizer, ids: list[int]) -> str:

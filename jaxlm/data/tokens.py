@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from jaxlm.errors import DataError
+from jaxlm.errors import DataError, file_problem
 
 CHUNK_BYTES = 1 << 20  # text is encoded in ~1 MB pieces cut at line ends
 
@@ -130,10 +130,8 @@ def encode_text_file(
 
 def check_text_file(path: Path, utf8: bool = True) -> None:
     """DataError unless `path` exists and holds non-whitespace (and, with utf8, valid UTF-8) text."""
-    if path.is_dir():
-        raise DataError(f"data file '{path}': is a directory, not a file")
-    if not path.is_file():
-        raise DataError(f"data file '{path}': does not exist")
+    if problem := file_problem(path):
+        raise DataError(f"data file '{path}': {problem}")
     has_text = False
     if utf8:
         for chunk in read_text_chunks(path):
@@ -179,10 +177,8 @@ def read_meta(path: Path) -> dict:
 def open_tokens(path: str | Path, vocab_size: int, context_length: int) -> TokenFile:
     """Memory-map a `.npy` token file and check it fits the model; DataError if not."""
     path = Path(path)
-    if path.is_dir():
-        raise DataError(f"data file '{path}': is a directory, not a file")
-    if not path.is_file():
-        raise DataError(f"data file '{path}': does not exist")
+    if problem := file_problem(path):
+        raise DataError(f"data file '{path}': {problem}")
     try:
         tokens = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as e:

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.config import Config, build_config
-from jaxlm.errors import DataError, UserError
+from jaxlm.errors import DataError, UserError, file_problem
 
 EMBEDDING = "token_embeddings.weight"
 LM_HEAD = "lm_head.weight"
@@ -137,8 +137,8 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict | No
     from safetensors.numpy import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"safetensors file '{path}': does not exist")
+    if problem := file_problem(path):
+        raise DataError(f"safetensors file '{path}': {problem}")
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 
 from jaxlm.config import Config
-from jaxlm.errors import ConfigError
+from jaxlm.errors import ConfigError, UserError
 from jaxlm.train.flops import param_counts
 
 TOKENIZER_BYTES_PER_VOCAB = 4096
@@ -118,6 +118,20 @@ def describe(c: Config) -> str:
     if parts["tokenizer"]:
         line += f"; tokenizer trainer {gib(parts['tokenizer'])} of host memory, before training"
     return line
+
+
+def check_eval_fits(c: Config, devices: int = 1) -> None:
+    """UserError when the evaluation step of `c` (one batch of `batch_size` windows of `context_length`)
+    cannot fit one device's memory; call before allocating (`python -m jaxlm.evaluate` with a large
+    --context-length or --batch-size)."""
+    parts = _eval_step(c, param_counts(c)["total"])
+    per_device = parts["params_and_optimizer"] + (parts["activations"] + parts["logits"]) // max(devices, 1)
+    limit = device_memory_bytes()
+    if limit and per_device > limit:
+        raise UserError(
+            f"evaluating {c.batch_size} windows of {c.context_length} tokens at once needs about {gib(per_device)} "
+            f"per device, more than the {gib(limit)} a device has: lower --context-length or --batch-size"
+        )
 
 
 def check_fits(c: Config, devices: int = 1) -> None:

@@ -26,6 +26,7 @@ from jaxlm.train.checkpoint import check_resumable, restore_params
 from jaxlm.train.devices import run_devices
 from jaxlm.train.distributed import primary_first
 from jaxlm.train.full_eval import evaluate_tokens
+from jaxlm.train.memory import check_eval_fits
 from jaxlm.train.sharding import Layout, build_mesh
 
 
@@ -68,6 +69,7 @@ def plan_eval(
         raise UserError(
             f"--batch-size {config.batch_size}: must be a multiple of the {devices} devices the evaluation runs on"
         )
+    check_eval_fits(config, devices)
     step = check_resumable(run_dir, checkpoint)
     # one process fills a shared token cache, the others then find it done
     source, path = primary_first(lambda: eval_token_file(run_dir, config, data, progress=progress))
