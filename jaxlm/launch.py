@@ -296,9 +296,13 @@ def open_tracker(args: argparse.Namespace, config: Config, name: str, run_dir: P
 def train(trainer, tracker, name: str, run_dir: Path) -> int:
     """Run the trainer; map its outcome (or a second signal, or a failure) to the run's status and exit code."""
     from jaxlm.train.distributed import is_primary
+    from jaxlm.train.stopping import StopSignals
 
     try:
-        result = trainer.run(tracker)
+        with StopSignals() as stop:  # installed from here on: no gap between compilation and the loop's own
+            result = trainer.run(tracker, stop)
+            if is_primary():
+                report(result, name, tracker.run_dir)  # still finishing: a signal waits for it
     except KeyboardInterrupt:
         saved = saved_checkpoint_steps(run_dir)
         resume = {} if saved else {"resume": NO_CHECKPOINT}
@@ -329,8 +333,6 @@ def train(trainer, tracker, name: str, run_dir: Path) -> int:
     except Exception as e:
         tracker.finalize(status="failed", error=f"{type(e).__name__}: {e}")
         raise
-    if is_primary():
-        report(result, name, tracker.run_dir)
     return EXIT_BY_STATUS.get(result.status, EXIT_FAILED)
 
 

@@ -772,6 +772,41 @@ def test_disk_full_while_training_is_one_line(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
+def test_signals_at_the_last_step_and_during_the_final_records_leave_it_completed(tmp_path, capsys, monkeypatch):
+    """A SIGTERM at the last step, then a SIGHUP and a second Ctrl-C while the experiment log entry is
+    written: the run is completed (exit 0, so a requeue stops), its log entry written once."""
+    from jaxlm.tracking.tracker import ExperimentTracker
+    from jaxlm.train.meter import Meter
+
+    real_record, real_log = Meter.record, ExperimentTracker.append_experiment_log
+
+    def record(self, step, metrics):
+        real_record(self, step, metrics)
+        if step == RUN["max_iterations"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def append_experiment_log(self):
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGINT)  # a second stop signal would abort a running step
+        real_log(self)
+
+    monkeypatch.setattr(Meter, "record", record)
+    monkeypatch.setattr(ExperimentTracker, "append_experiment_log", append_experiment_log)
+    (tmp_path / "run.json").write_text(json.dumps(RUN))
+    code = launch.main(["--config", str(tmp_path / "run.json"), "--output-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == EXIT_OK and "Traceback" not in err, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and "interrupted_by" not in summary, summary
+    assert summary["steps"] == RUN["max_iterations"]
+    assert (tmp_path / "EXPERIMENT_LOG.md").read_text().count("\n## ") == 1
+    monkeypatch.undo()
+    again = ["--config", str(tmp_path / "run.json"), "--output-dir", str(tmp_path), "--quiet", "--resume-if-exists"]
+    assert launch.main(again) == EXIT_OK  # a requeue of it has nothing to do
+    assert "already completed" in capsys.readouterr().err
+    assert (tmp_path / "EXPERIMENT_LOG.md").read_text().count("\n## ") == 1
+
+
 def _big_text(path: Path, megabytes: int) -> None:
     rng = np.random.default_rng(0)
     words = np.array(["once", "upon", "a", "time", "there", "was", "cat", "dog", "who", "liked", "to", "run", "."])

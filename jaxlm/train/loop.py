@@ -16,6 +16,7 @@ the state (params, opt_state, step, compiled steps) and `batch`, `evaluate`, `ev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -74,20 +75,24 @@ class _Loop:
 class TrainingLoop:
     """The run loop of a Trainer (see the module docstring for what it expects of `self`)."""
 
-    def run(self, tracker: RunTracker) -> RunResult:
-        """Train to max_iterations (or a stop), logging through `tracker`."""
-        self.tracker = tracker
-        self._open_run(tracker)
-        loop = self._start_loop(tracker)
-        with jax.default_device(self.device), StopSignals() as stop:
-            while self.step < self.c.max_iterations:
-                if not self._train_one_step(loop, stop):
-                    break
-            loop.meter.drain(loop.guard)  # nothing is left unread after a decision step; kept for safety
-            loop.profiler.close()
-            self.checkpoints.close()  # waits for the async saves
-        loop.bar.close()
-        return self._finish(loop, stop)
+    def run(self, tracker: RunTracker, stop: StopSignals | None = None) -> RunResult:
+        """Train to max_iterations (or a stop), logging through `tracker`. `stop`: the caller's signal
+        handlers, already installed (a command that has records of its own to finish after the run),
+        else the loop installs its own for the run."""
+        with contextlib.nullcontext(stop) if stop is not None else StopSignals() as stop:
+            self.tracker = tracker
+            self._open_run(tracker)
+            loop = self._start_loop(tracker)
+            with jax.default_device(self.device):
+                while self.step < self.c.max_iterations:
+                    if not self._train_one_step(loop, stop):
+                        break
+                loop.meter.drain(loop.guard)  # nothing is left unread after a decision step; kept for safety
+                loop.profiler.close()
+                self.checkpoints.close()  # waits for the async saves
+            stop.finishing = True  # all that is left is writing records: a signal now waits for them
+            loop.bar.close()
+            return self._finish(loop, stop)
 
     def _open_run(self, tracker: RunTracker) -> None:
         """Make the run directory self-contained (its tokenizer) and record what the run is."""
@@ -319,6 +324,9 @@ class TrainingLoop:
         meter, guard, c = loop.meter, loop.guard, self.c
         if loop.plan.calibrate_at is not None and c.max_iterations < loop.plan.requested_steps:
             loop.stopped_by = "wallclock"  # the step count itself was sized to the budget
+        if loop.interrupted_by and (self.step >= c.max_iterations or loop.stopped_by == "wallclock"):
+            log.warning("%s arrived at the last step; the run is complete", loop.interrupted_by)
+            loop.interrupted_by = None  # every step ran and was saved: nothing is left to resume
         status = "diverged" if guard.tripped else "interrupted" if loop.interrupted_by else "completed"
         stop_fields = (
             {"diverged_step": guard.tripped["step"], "divergence_reason": guard.tripped["reason"]}

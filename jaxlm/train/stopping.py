@@ -59,6 +59,10 @@ class DivergenceGuard:
 class StopSignals:
     """Context manager: the first SIGTERM/SIGINT/SIGHUP sets `requested`; a second raises KeyboardInterrupt at once.
 
+    Once `finishing` is set (the last step is done and saved; only the run's final records are left to
+    write) a signal is noted in `late` and the records are finished: a completed run stays completed
+    (exit 0), whatever arrives while its summary, plots and log entry are written.
+
     Handlers are installed only in the main thread (Python allows no other) and
     the previous ones are restored on exit.
     """
@@ -69,9 +73,15 @@ class StopSignals:
         self.requested: str | None = None  # name of the first signal received
         self.signum: int = 0  # its number (0: none), what the loop's agreement carries to the other processes
         self._previous: dict = {}
+        self.finishing = False
+        self.late: str | None = None  # a signal that arrived while finishing
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
+        if self.finishing:
+            self.late = self.late or name
+            log.warning("%s received while writing the run's final records: finishing them first", name)
+            return
         if self.requested is not None:
             raise KeyboardInterrupt(f"second stop signal ({name})")
         self.requested, self.signum = name, signum
