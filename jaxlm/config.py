@@ -230,7 +230,8 @@ IDENTITY_KEYS = tuple(name for name, role in RESUME_ROLES.items() if role is Res
 
 POSITIVE_INT_KEYS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
                      "max_iterations", "log_interval", "eval_interval", "checkpoint_interval", "eval_batches",
-                     "keep_checkpoints")  # fmt: skip
+                     "keep_checkpoints", "grad_accum_steps", "d_ff")  # fmt: skip
+NON_NEGATIVE_KEYS = ("seed", "warmup_iters", "weight_decay", "sample_tokens")
 POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps", "divergence_factor")
 
 
@@ -319,8 +320,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _check_known(key: str) -> None:
     if key not in FIELDS:
         near = difflib.get_close_matches(key, FIELDS, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"config key '{key}': unknown key{hint}")
+        raise ConfigError(f"config key '{key}': unknown key" + (f" (did you mean '{near[0]}'?)" if near else ""))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -385,24 +385,21 @@ MAX_SAMPLE_TOKENS = 4096  # a sample is a glance at the model at each eval, not 
 def validate(c: Config) -> None:
     """Cross-field and range checks; raise ConfigError naming the key."""
     for key in POSITIVE_INT_KEYS:
-        if getattr(c, key) <= 0:
+        if getattr(c, key) is not None and getattr(c, key) <= 0:
             raise ConfigError(f"config key '{key}': must be positive, got {getattr(c, key)}")
     for key in POSITIVE_FLOAT_KEYS:
         value = getattr(c, key)
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"config key '{key}': must be a positive number, got {value}")
-    if c.d_ff is not None and c.d_ff <= 0:
-        raise ConfigError(f"config key 'd_ff': must be positive, got {c.d_ff}")
     if c.d_model % c.num_heads:
         raise ConfigError(f"config key 'd_model': {c.d_model} is not divisible by num_heads={c.num_heads}")
     if c.position_embedding == "rope" and c.head_dim % 2:
         raise ConfigError(
             f"config key 'num_heads': head dimension d_model/num_heads={c.head_dim} must be even for RoPE"
         )
-    if c.seed < 0:
-        raise ConfigError(f"config key 'seed': must be >= 0, got {c.seed}")
-    if c.warmup_iters < 0:
-        raise ConfigError(f"config key 'warmup_iters': must be >= 0, got {c.warmup_iters}")
+    for key in NON_NEGATIVE_KEYS:
+        if getattr(c, key) < 0:
+            raise ConfigError(f"config key '{key}': must be >= 0, got {getattr(c, key)}")
     if c.warmup_iters > c.max_iterations:
         raise ConfigError(
             f"config key 'warmup_iters': {c.warmup_iters} exceeds max_iterations={c.max_iterations} "
@@ -419,8 +416,6 @@ def validate(c: Config) -> None:
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(c, key) < 1:
             raise ConfigError(f"config key '{key}': must be in [0, 1), got {getattr(c, key)}")
-    if c.weight_decay < 0:
-        raise ConfigError(f"config key 'weight_decay': must be >= 0, got {c.weight_decay}")
     if c.init_from is not None and (problem := file_problem(c.init_from)):
         raise ConfigError(f"config key 'init_from': '{c.init_from}' {problem}")
     if c.max_wallclock_seconds is not None and not c.max_wallclock_seconds > 0:
@@ -438,10 +433,9 @@ def validate(c: Config) -> None:
         raise ConfigError(f"config key 'profile_steps': needs 0 <= start < stop, got {list(c.profile_steps)}")
     validate_scale_out(c)
     validate_special_tokens(c)
-    if c.eval_batches > MAX_EVAL_BATCHES:
-        raise ConfigError(f"config key 'eval_batches': at most {MAX_EVAL_BATCHES:,}, got {c.eval_batches:,}")
-    if not 0 <= c.sample_tokens <= MAX_SAMPLE_TOKENS:
-        raise ConfigError(f"config key 'sample_tokens': must be 0 .. {MAX_SAMPLE_TOKENS}, got {c.sample_tokens}")
+    for key, most in (("eval_batches", MAX_EVAL_BATCHES), ("sample_tokens", MAX_SAMPLE_TOKENS)):
+        if getattr(c, key) > most:
+            raise ConfigError(f"config key '{key}': at most {most:,}, got {getattr(c, key):,}")
 
 
 def validate_scale_out(c: Config) -> None:
@@ -453,8 +447,6 @@ def validate_scale_out(c: Config) -> None:
             )
     if c.mesh_data == -1 and c.mesh_fsdp == -1:
         raise ConfigError("config key 'mesh_fsdp': at most one of mesh_data and mesh_fsdp may be -1")
-    if c.grad_accum_steps <= 0:
-        raise ConfigError(f"config key 'grad_accum_steps': must be positive, got {c.grad_accum_steps}")
     if c.batch_size % c.grad_accum_steps:
         raise ConfigError(
             f"config key 'grad_accum_steps': batch_size={c.batch_size} is not divisible by {c.grad_accum_steps}"

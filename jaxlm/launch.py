@@ -8,8 +8,6 @@ phases: resolve, preflight, build_trainer, open_tracker, train.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -29,8 +27,6 @@ from jaxlm.rundir import (
 from jaxlm.runtime import CommandParser, describe_process, exit_on_signal, run_command
 from jaxlm.tracking.fmt import number
 from jaxlm.tracking.runs import read_summary, saved_checkpoint_steps
-from jaxlm.train import memory
-from jaxlm.train.flops import flops_per_token, param_counts
 
 EXIT_BY_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
 
@@ -125,23 +121,6 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     return config, name
 
 
-def describe(config: Config, name: str) -> str:
-    from jaxlm.data.sources import data_report
-
-    counts = param_counts(config)
-    lines = [
-        f"run: {name}",
-        json.dumps(dataclasses.asdict(config), indent=2),
-        f"parameters: {counts['total']:,} total, {counts['non_embedding']:,} non-embedding "
-        f"({counts['embedding']:,} in the token embedding)",
-        f"FLOPs per token (train): {flops_per_token(config):,}",
-        f"tokens per step: {config.tokens_per_step:,}; total: {config.tokens_per_step * config.max_iterations:,}",
-        memory.describe(config),
-        *data_report(config),
-    ]
-    return "\n".join(lines)
-
-
 def describe_devices(config: Config) -> str:
     """The devices the run will use and who chose them; ConfigError (exit 2) when the config names a
     platform JAX does not have here."""
@@ -160,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         config, name = resolve(args)
         if args.dry_run:
             devices = describe_devices(config)  # a device the config names and JAX lacks: exit 2 here too
+            from jaxlm.train.dry_run import describe
+
             print(describe(config, name))
             print(devices)
             print(describe_process())
