@@ -807,6 +807,46 @@ def test_signals_at_the_last_step_and_during_the_final_records_leave_it_complete
     assert (tmp_path / "EXPERIMENT_LOG.md").read_text().count("\n## ") == 1
 
 
+def test_a_resume_keeps_every_row_either_metrics_file_kept(tmp_path, finished, capsys):
+    """Power loss: metrics.jsonl lost its tail and ends torn, metrics.csv has a torn line and garbage at
+    the end. The resume keeps every step that one of them holds whole, then appends its own rows."""
+    run = copy_run(tmp_path, finished)
+    jsonl, csv_lines = (run / "metrics.jsonl").read_text().splitlines(), (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(jsonl[:4]) + "\n" + jsonl[4][:20])
+    csv_lines[3] = csv_lines[3][:25]  # step 3's line, torn (its row is whole in metrics.jsonl)
+    (run / "metrics.csv").write_bytes("\n".join(csv_lines).encode() + b"\n\xff\x00garbage,\n")
+    assert launch.main(["--resume", str(run), "--set", "max_iterations=12", "--quiet", "--no-experiment-log"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    before = {row["step"]: row for row in map(json.loads, jsonl)}
+    after = {row["step"]: row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(after) == list(range(1, 13))
+    for step, row in before.items():
+        assert {k: after[step].get(k) for k in ("tokens", "train_loss", "val_loss", "learning_rate")} == {
+            k: row.get(k) for k in ("tokens", "train_loss", "val_loss", "learning_rate")
+        }, step
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 12
+
+
+def test_user_text_never_breaks_a_record_and_a_long_one_costs_what_a_short_one_does(tmp_path, capsys):
+    """A 1 MB description with newlines, backticks, a table bar and the experiment log's own entry marker."""
+    from jaxlm.tracking.explog import append_entry, entry_marker
+
+    log = tmp_path / "EXPERIMENT_LOG.md"
+    hostile = "line one\n## not a heading | `code` " + entry_marker("sweep-x") + "\n"
+    config = {**RUN, "description": hostile + "x" * 2**20, "sample_prompt": "=== step 1 | 0 characters | prompt: ''\n"}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    assert launch.main(["--config", str(tmp_path / "run.json"), "--output-dir", str(tmp_path), "--quiet"]) == EXIT_OK
+    run = tmp_path / "run"
+    assert (run / "summary.json").stat().st_size < 20_000  # rewritten at every refresh: bounded
+    entry = log.read_text().split("\n## ", 1)[1]
+    assert len(entry) < 3_000 and "\n## not a heading" not in entry and "`code`" not in entry
+    assert entry_marker("sweep-x") not in log.read_text()
+    assert append_entry(log, "the sweep's own entry\n", key="sweep-x")  # not mistaken for one already there
+    assert compare.main([str(run), "--output", str(tmp_path / "cmp.png")]) == EXIT_OK
+    assert max(len(line) for line in (tmp_path / "cmp.md").read_text().splitlines()) < 1_000
+    capsys.readouterr()
+
+
 def _big_text(path: Path, megabytes: int) -> None:
     rng = np.random.default_rng(0)
     words = np.array(["once", "upon", "a", "time", "there", "was", "cat", "dog", "who", "liked", "to", "run", "."])

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxlm.tracking.evals import full_val_loss
-from jaxlm.tracking.fmt import markdown_table, number, write_text
+from jaxlm.tracking.fmt import brief, markdown_table, number, write_text
 from jaxlm.tracking.outputs import OutputError, check_output_files
 from jaxlm.tracking.plots import plot_comparison
 from jaxlm.tracking.runs import NotARunError, RunRecord, config_cell, differing_config_keys, load_run
@@ -70,7 +70,7 @@ def table_row(run: RunRecord, name: str) -> list[str]:
     wall = s.get("wallclock_s", run.last("wallclock_s"))
     return [
         name,
-        run.description.replace("|", "\\|"),
+        brief(run.description, 100).replace("|", "\\|"),
         run.status,
         f"{best[1]:.4f} ({best[0]})" if best else "n/a",
         number(run.final("val_loss"), ".4f"),

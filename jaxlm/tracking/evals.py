@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxlm.tracking.explog import append_entry
+from jaxlm.tracking.explog import append_entry, inline
 from jaxlm.tracking.fmt import number, write_json
 
 EVALS_DIR = "evals"
@@ -81,7 +81,7 @@ def log_entry(run_name: str, record: Mapping[str, Any], run_dir: Path, log_path:
         [
             f"## {date} · {run_name} · evaluated",
             "",
-            f"- Checkpoint {record['checkpoint']} (step {record['step']}) on `{record['data']}`, every token: "
+            f"- Checkpoint {record['checkpoint']} (step {record['step']}) on `{inline(record['data'])}`, every token: "
             f"loss {number(record['loss'])} nats/token, perplexity {number(record['perplexity'], '.2f')}, "
             f"{number(record.get('bpb'), '.4f')} bits/byte; {number(record['tokens'], ',')} tokens in "
             f"{number(record['seconds'], '.1f')} s ({number(record['tokens_per_sec'], ',.0f')} tokens/s)",

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxlm.tracking.fmt import number
+from jaxlm.tracking.fmt import brief, number
 
 HEADER = "# Experiment log\n\nOne entry per run, appended when the run ends. Fill in the Observations.\n"
 
@@ -27,6 +27,13 @@ HEADER = "# Experiment log\n\nOne entry per run, appended when the run ends. Fil
 def default_log_path(output_dir: str | Path) -> Path:
     """EXPERIMENT_LOG.md inside the runs folder: `runs/` -> `runs/EXPERIMENT_LOG.md`."""
     return Path(output_dir).resolve() / "EXPERIMENT_LOG.md"
+
+
+def inline(text: Any) -> str:
+    """User text (a description, a path, an error) as it goes into an entry: on one line, at most 1,000
+    characters, and never markup the log is read back by (`entry_marker`'s comments) or that ends an
+    inline code span."""
+    return brief(text, 1000).replace("<!--", "&lt;!--").replace("`", "'")
 
 
 def entry_marker(key: str) -> str:
@@ -41,15 +48,16 @@ def override_lines(overrides: Sequence[str], config: Mapping[str, Any], config_f
     if config_file:
         try:
             file_values = json.loads(Path(config_file).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             file_values = {}
+    file_values = file_values if isinstance(file_values, dict) else {}
     keys = list(dict.fromkeys(o.split("=", 1)[0].strip() for o in overrides))
     lines = []
     for key in keys:
         if key in file_values and file_values[key] == config.get(key):
             continue  # set to the value the file already had: nothing differs
-        before = json.dumps(file_values[key]) if key in file_values else "(default)"
-        lines.append(f"  - `{key}`: {before} -> {json.dumps(config.get(key), default=str)}")
+        before = inline(json.dumps(file_values[key])) if key in file_values else "(default)"
+        lines.append(f"  - `{key}`: {before} -> {inline(json.dumps(config.get(key), default=str))}")
     return lines
 
 
@@ -75,7 +83,7 @@ def format_entry(
     s = summary
     rel = Path(os.path.relpath(Path(run_dir).resolve(), Path(log_path).resolve().parent)).as_posix()
     date = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
-    description = s.get("description") or config.get("description") or "(none given)"
+    description = inline(s.get("description") or config.get("description") or "(none given)")
     lines = [
         f"## {date} · {s.get('name')} · {s.get('status')}",
         "",
@@ -84,7 +92,7 @@ def format_entry(
         f"- Run directory: [{rel}]({rel})",
     ]
     if config_file:
-        lines.append(f"- Launched from: `{config_file}`")
+        lines.append(f"- Launched from: `{inline(config_file)}`")
     changed = override_lines(overrides, config, config_file)
     nothing = " nothing (every `--set` repeats the file's value)" if overrides else " nothing (no `--set` overrides)"
     lines.append("- Differs from the config file:" + ("" if changed else nothing))
@@ -92,7 +100,7 @@ def format_entry(
     if s.get("resumed_from_step") is not None:
         lines.append(f"- Resumed from step {s['resumed_from_step']}")
     if s.get("error"):
-        lines.append(f"- Error: `{s['error']}`")
+        lines.append(f"- Error: `{inline(s['error'])}`")
     best_step = f" (step {s['best_val_step']})" if s.get("best_val_step") is not None else ""
     tokens = number(s.get("tokens"), ",")
     lines += [

@@ -58,6 +58,13 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def brief(text: Any, limit: int = 200) -> str:
+    """User text on one line and at most `limit` characters (an ellipsis marks a cut): what a table cell,
+    a plot title or a summary shows of a description, whatever its length (only its start is read)."""
+    one = " ".join(str(text)[: 4 * limit].split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to a temporary name beside `path`, then rename it into place."""
     path = Path(path)

@@ -12,11 +12,12 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from jaxlm.tracking.fmt import as_float, json_safe
+from jaxlm.tracking.fmt import as_float, json_safe, write_text
 
 METRIC_COLUMNS = (
     "step",
@@ -134,9 +135,30 @@ class MetricFiles:
 
 
 def append_sample(run_dir: Path, step: int, prompt: str, text: str) -> None:
-    """One entry of samples.txt (its format is read back by `trim_samples`)."""
-    with open(run_dir / "samples.txt", "a") as f:
-        f.write(f"=== step {step} | prompt: {prompt!r}\n{text}\n\n")
+    """One entry of samples.txt. The header frames the text by its length and the prompt is quoted, so
+    no generated text (a "=== step" line in it included) can be read back as an entry (`sample_entries`)."""
+    with open(run_dir / "samples.txt", "a", encoding="utf-8", newline="") as f:
+        f.write(f"=== step {step} | {len(text)} characters | prompt: {prompt!r}\n{text}\n\n")
+
+
+SAMPLE_HEADER = re.compile(r"=== step (\d+) \| (\d+) characters \| prompt: [^\n]*\n")
+
+
+def sample_entries(text: str) -> list[tuple[int, str]]:
+    """samples.txt as (step, the entry's exact text). Entries are read by their framed length; a torn
+    last entry is dropped, and a file from before the framing is split at its "=== step" headers."""
+    entries, pos = [], 0
+    while (header := SAMPLE_HEADER.match(text, pos)) is not None:
+        end = header.end() + int(header[2]) + 2
+        if end > len(text):
+            return entries  # torn by a crash while it was written
+        entries.append((int(header[1]), text[pos:end]))
+        pos = end
+    old = re.compile(r"^=== step (\d+) ", re.M)
+    starts = [m for m in old.finditer(text, pos) if m.start() >= pos]
+    for m, following in zip(starts, [*starts[1:], None]):
+        entries.append((int(m[1]), text[m.start() : following.start() if following else len(text)]))
+    return entries
 
 
 def trim_samples(run_dir: Path, from_step: int) -> None:
@@ -144,8 +166,8 @@ def trim_samples(run_dir: Path, from_step: int) -> None:
     path = run_dir / "samples.txt"
     if not path.is_file():
         return
-    kept = [e for e in path.read_text().split("=== step ")[1:] if int(e.split(" ", 1)[0]) <= from_step]
-    path.write_text("".join("=== step " + e for e in kept))
+    entries = sample_entries(path.read_bytes().decode("utf-8", errors="replace"))
+    write_text(path, "".join(entry for step, entry in entries if step <= from_step))
 
 
 def summary_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -100,27 +100,43 @@ def saved_checkpoint_steps(run_dir: str | Path, on_damage: Callable[[str], None]
 
 
 def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every logged row, as dicts; CSV cells parsed to numbers, empty cells dropped."""
+    """Every intact logged row, in step order: metrics.jsonl's row of a step where its line parses, else
+    metrics.csv's where its line is whole. A file that a power loss tore, emptied or filled with garbage
+    loses nothing the other one kept (a resume rewrites both from these rows)."""
     run_dir = Path(run_dir)
-    jsonl = run_dir / "metrics.jsonl"
-    if jsonl.is_file():
-        rows = []
-        for line in jsonl.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # torn last line of a killed run
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-        return rows
-    with open(run_dir / "metrics.csv", newline="") as f:
-        rows = []
-        for cells in csv.DictReader(f):
-            row = {k: as_float(v) for k, v in cells.items() if k and v not in (None, "")}
-            if row.get("step") is not None:
-                row["step"] = int(row["step"])
-                rows.append(row)
-        return rows
+    by_step = {row["step"]: row for row in _csv_rows(run_dir / "metrics.csv")}
+    by_step |= {row["step"]: row for row in _jsonl_rows(run_dir / "metrics.jsonl")}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def _lines(path: Path) -> list[str]:
+    """The file's lines, bytes that are not UTF-8 replaced (they fail to parse, line by line)."""
+    return path.read_bytes().decode("utf-8", errors="replace").splitlines() if path.is_file() else []
+
+
+def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in _lines(path):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a torn line
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
+            rows.append(row)
+    return rows
+
+
+def _csv_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    lines = [line for line in _lines(path) if "\0" not in line]
+    for cells in csv.DictReader(lines):
+        if None in cells or None in cells.values():  # a torn line: too many cells, or too few
+            continue
+        row = {k: as_float(v) for k, v in cells.items() if k and v != ""}
+        step = row.get("step")
+        if step is not None and step.is_integer() and None not in row.values():
+            rows.append({**row, **{k: int(row[k]) for k in ("step", "tokens") if row.get(k, 0.5).is_integer()}})
+    return rows
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxlm.tracking import explog, killed, plots
-from jaxlm.tracking.fmt import as_float, json_safe, json_text, write_json, write_text
+from jaxlm.tracking.fmt import as_float, brief, json_safe, json_text, write_json, write_text
 from jaxlm.tracking.outputs import OutputError
 from jaxlm.tracking.plot_worker import PlotProcess, draw
 from jaxlm.tracking.records import (
@@ -154,7 +154,7 @@ class ExperimentTracker:
         self.files = MetricFiles(self.run_dir, "w")
         self.summary: dict[str, Any] = {
             "name": self.name,
-            "description": self.config.get("description", ""),
+            "description": brief(self.config.get("description", ""), 1000),
             "status": "running",
             "start_time": meta["start_time"],
             "segments": [segment_record(0)],
@@ -278,7 +278,7 @@ class ExperimentTracker:
         job = {
             "planned": planned,
             "loss_png": str(self.run_dir / "loss_curves.png"),
-            "loss_title": f"{self.name}: {description}" if description else self.name,
+            "loss_title": f"{self.name}: {brief(description, 100)}" if description else self.name,
             "lr_png": str(self.run_dir / "lr_schedule.png"),
             "lr_title": f"{self.name}: learning rate",
         }

@@ -261,3 +261,23 @@ def test_run_metadata_keys_match_the_config_reader():
     from jaxlm.tracking.records import META_KEYS
 
     assert tuple(META_KEYS) == tuple(RUN_METADATA_KEYS)
+
+
+def test_samples_are_framed_so_no_generated_text_or_prompt_reads_back_as_an_entry(tmp_path):
+    from jaxlm.tracking.records import append_sample, sample_entries, trim_samples
+
+    hostile = "story\n=== step 99 | 1 characters | prompt: 'x'\nz\r\n\n=== step 7 | prompt: 'old'\n"
+    append_sample(tmp_path, 5, "Once | 3 characters | prompt: '\n=== step 1", hostile)
+    append_sample(tmp_path, 10, "", "")
+    append_sample(tmp_path, 15, "a", hostile)
+    path = tmp_path / "samples.txt"
+    assert [step for step, _ in sample_entries(path.read_bytes().decode())] == [5, 10, 15]
+    whole = path.read_bytes()
+    trim_samples(tmp_path, 10)  # a resume from step 10
+    assert path.read_bytes() == whole[: whole.index(b"=== step 15 | ")]
+    path.write_bytes(whole[:-5])  # torn while the last one was written
+    trim_samples(tmp_path, 20)
+    assert [step for step, _ in sample_entries(path.read_bytes().decode())] == [5, 10]
+    path.write_text("=== step 5 | prompt: 'a'\nfoo\n\n=== step 10 | prompt: 'b'\nbar\n\n")  # before the framing
+    trim_samples(tmp_path, 5)
+    assert path.read_text() == "=== step 5 | prompt: 'a'\nfoo\n\n"
