@@ -14,6 +14,7 @@ import pytest
 from jaxlm.errors import ConfigError
 from jaxlm.sweep import main
 from jaxlm.tracking import ExperimentTracker
+from jaxlm.tracking.runs import CHECKPOINT_FILES
 from jaxlm.train.grid import expand, parse_grid
 
 SAMPLE = Path(__file__).resolve().parent.parent / "jaxlm" / "data" / "tinystories_sample"
@@ -136,7 +137,9 @@ class FakeLaunch:
         for step in (4, 8) if "--resume" not in command else (8,):
             tracker.log_step(step, train_loss=base_loss, val_loss=base_loss - step / 100)
             if outcome == "interrupted" and step == 4:
-                (tracker.run_dir / "checkpoints" / "4").mkdir(parents=True)  # as a real stop saves one
+                for name in CHECKPOINT_FILES:  # the files of a checkpoint, as a real stop saves one
+                    (tracker.run_dir / "checkpoints" / "4" / name).parent.mkdir(parents=True, exist_ok=True)
+                    (tracker.run_dir / "checkpoints" / "4" / name).write_text("{}")
                 tracker.finalize("interrupted", steps=4)
                 return 75
         if outcome == "diverged":

@@ -52,7 +52,7 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return read_json_object(Path(run_dir) / "summary.json")
 
 
-# What every finished jaxlm checkpoint holds (docs/architecture.md, "Checkpoints"), and the names of the
+# What every finished jaxlm checkpoint holds (docs/checkpoints.md, "Damaged checkpoints"), and the names of the
 # small JSON files Orbax writes into it; array data lives in binary files beside them.
 CHECKPOINT_FILES = ("params/_METADATA", "opt_state/_METADATA", "meta/metadata")
 CHECKPOINT_JSON_NAMES = frozenset({"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata", "metrics"})

@@ -38,7 +38,7 @@ def fake_train(fail_at=None):
         def __init__(self, config, progress=False):
             self.config, self.step, self.resumed = config, 0, {}
 
-        def run(self, tracker):
+        def run(self, tracker, stop=None):
             config = self.config
             for step in range(1, config.max_iterations + 1):
                 self.step = step
