@@ -87,7 +87,7 @@ def enable_compilation_cache() -> str | None:
     current = jax.config.jax_compilation_cache_dir if jax else os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if current:
         return current
-    from jaxlm.data.sources import cache_root
+    from jaxlm.data.cache import cache_root
 
     path = str(cache_root() / "xla")
     try:

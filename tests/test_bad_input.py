@@ -83,11 +83,24 @@ def test_float_token_file(tmp_path, data, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_token_id_beyond_vocab_found_from_metadata(tmp_path, data, capsys):
-    # the tokens themselves are fine; the metadata's max id is what is checked (no full read needed)
-    path = write_tokens(tmp_path / "big.npy", 5_000, meta={"num_tokens": 5_000, "max_token_id": 300})
+def test_token_id_beyond_vocab_is_found_in_the_file_whatever_its_metadata_says(tmp_path, data, capsys, monkeypatch):
+    """In the last of several scan chunks, under metadata that claims a small max id; the scan's result is
+    cached per version of the file, and a file rewritten in place is scanned again."""
+    from jaxlm.data import token_check
+
+    monkeypatch.setattr(token_check, "SCAN_TOKENS", 1_000)
+    tokens = np.random.default_rng(0).integers(0, 256, 5_000).astype(np.uint16)
+    path = tmp_path / "big.npy"
+    np.save(path, np.append(tokens, 300))
+    meta_path(path).write_text(json.dumps({"num_tokens": 5_001, "num_bytes": 15_000, "max_token_id": 10}))
     assert_refused(run(tmp_path, {**data, "train_data_path": str(path)}), capsys, "big.npy", "300", "vocab_size=256")
     assert not (tmp_path / "runs").exists()
+    scans = []
+    monkeypatch.setattr(token_check, "_scan", lambda t: scans.append(len(t)) or (0, 9))
+    mapped = np.load(path, mmap_mode="r")
+    assert token_check.token_range(mapped) == (0, 300) and not scans  # cached: nothing read
+    np.save(path, np.append(tokens, 7))
+    assert token_check.token_range(np.load(path, mmap_mode="r")) == (0, 9) and scans == [5_001]
 
 
 def test_token_file_shorter_than_context(tmp_path, data, capsys):

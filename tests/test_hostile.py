@@ -507,6 +507,20 @@ CASES |= {  # a run's tokenizer.json that a power loss emptied, or that was over
 }
 
 
+def _lying_tokens(work: Path) -> str:
+    """A token file whose metadata claims small ids, with an id beyond the vocabulary at its very end."""
+    path = write_tokens(work / "tokens.npy", np.append(np.arange(5_000, dtype=np.uint16) % 256, 300))
+    (work / "tokens.meta.json").write_text(json.dumps({"num_tokens": 5_001, "max_token_id": 10}))
+    return str(path)
+
+
+CASES["tokens-beyond-vocab-under-lying-metadata"] = Case(
+    "launch",
+    lambda w, f: new_run(w, {**RUN, "train_data_path": (t := _lying_tokens(w)), "val_data_path": t}),
+    ("tokens.npy", "token id 300", "vocab_size=300"),
+)
+
+
 def fifo(path: Path) -> str:
     os.mkfifo(path)
     return str(path)

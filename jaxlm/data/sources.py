@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxlm.config import Config
+from jaxlm.data.cache import cache_root, writable_cache
 from jaxlm.data.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, special_tokens_of, train_tokenizer
 from jaxlm.data.tokens import check_text_file, encode_text_file
 from jaxlm.errors import DataError, file_problem
@@ -26,29 +27,6 @@ class DataFiles:
     train: Path  # .npy token file
     val: Path  # .npy token file
     tokenizer: Path | None  # tokenizer.json, when one is known
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("JAXLM_CACHE_DIR") or Path.home() / ".cache" / "jaxlm")
-
-
-def writable_cache(folder: Path) -> Path:
-    """`folder`, created, where encoded tokens go; DataError when it cannot be written (a file in its path,
-    read-only), naming JAXLM_CACHE_DIR when the folder is in the token cache."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        root = cache_root()
-        where = (
-            f"the token cache '{root}' (JAXLM_CACHE_DIR; set it to a writable folder)"
-            if folder.is_relative_to(root)
-            else f"'{folder}'"
-        )
-        raise DataError(f"cannot write tokens in {where}: {e.strerror}") from None
-    return folder
 
 
 def file_digest(path: Path) -> str:

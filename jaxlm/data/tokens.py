@@ -2,7 +2,8 @@
 
 A token file `X.npy` has a sidecar `X.meta.json` with vocab size, dtype, token
 count, byte count of the source text (so losses convert to bits/byte) and the
-largest token id (so a vocab mismatch is caught without reading the tokens).
+largest token id. Opening a file checks its ids against the vocabulary from the file itself
+(`jaxlm.data.token_check`: one chunked scan per version of the file, cached).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from jaxlm.data.token_check import token_range
 from jaxlm.errors import DataError, file_problem
 
 CHUNK_BYTES = 1 << 20  # text is encoded in ~1 MB pieces cut at line ends
@@ -192,13 +194,11 @@ def open_tokens(path: str | Path, vocab_size: int, context_length: int) -> Token
             f"data file '{path}': {len(tokens)} tokens is shorter than context_length + 1 = {context_length + 1}"
         )
     meta = read_meta(path)
-    if np.issubdtype(tokens.dtype, np.signedinteger) and len(tokens) and (low := int(tokens.min())) < 0:
+    low, high = token_range(tokens)  # the file's own ids, whatever its metadata says
+    if low < 0:
         raise DataError(f"data file '{path}': negative token id {low} (token ids are 0 .. vocab_size - 1)")
-    max_id = meta.get("max_token_id")
-    if max_id is None and len(tokens) <= 1 << 24:  # small file with no metadata: cheap to check
-        max_id = int(tokens.max())
-    if max_id is not None and max_id >= vocab_size:
-        raise DataError(f"data file '{path}': token id {max_id} >= vocab_size={vocab_size}")
+    if high >= vocab_size:
+        raise DataError(f"data file '{path}': token id {high} >= vocab_size={vocab_size}")
     return TokenFile(path, tokens, meta.get("num_bytes"))
 
 

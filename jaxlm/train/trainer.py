@@ -14,6 +14,7 @@ import jax
 
 from jaxlm.config import Config
 from jaxlm.data.sources import prepare
+from jaxlm.data.token_check import fingerprint
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.data.tokens import batch_at, eval_batches, open_tokens
 from jaxlm.errors import ConfigError
@@ -75,7 +76,11 @@ class Trainer(TrainingLoop):
     def _open_data(self, c: Config) -> None:
         files = primary_first(lambda: prepare(c, progress=self.progress))  # one process fills a shared cache
         self.train_tokens = open_tokens(files.train, c.vocab_size, c.context_length).tokens
-        self.train_file = {"path": str(Path(files.train).resolve()), "bytes": Path(files.train).stat().st_size}
+        self.train_file = {
+            "path": str(Path(files.train).resolve()),
+            "bytes": Path(files.train).stat().st_size,
+            "fingerprint": fingerprint(files.train),
+        }
         val = open_tokens(files.val, c.vocab_size, c.context_length)
         self.val_set = eval_batches(val.tokens, c.eval_batches, c.batch_size, c.context_length)
         self.val_tokens = val.tokens  # memory-mapped; the full evaluation streams it
@@ -91,16 +96,25 @@ class Trainer(TrainingLoop):
         self.checkpoints = RunCheckpoints(run_dir, self.c.keep_checkpoints)
         self.params, self.opt_state, self.resumed = self.checkpoints.restore(which, self.params, self.opt_state)
         self.step = self.resumed["step"]
-        saved_file = self.resumed.get("train_file") or {}
-        saved_tokens = self.resumed.get("train_tokens", len(self.train_tokens))
-        if (saved_file and saved_file != self.train_file) or saved_tokens != len(self.train_tokens):
-            then = f"{saved_tokens} tokens" + (f" in {saved_file['path']}" if saved_file else "")
-            raise ConfigError(
-                f"training data changed since the checkpoint ({then}; now {len(self.train_tokens)} tokens in "
-                f"{self.train_file['path']}): the data order would not continue"
-            )
+        self._check_same_data(self.resumed.get("train_file") or {}, self.resumed.get("train_tokens"))
         self.checkpoints.drop_after(self.step)
         return self.step
+
+    def _check_same_data(self, saved: dict, saved_tokens: int | None) -> None:
+        """ConfigError unless the training file holds what it held at the checkpoint: the same content
+        (its fingerprint; a moved copy is the same data), else, for checkpoints from before fingerprints,
+        the same path and size. The data order is `batch_at(seed, step)` over these tokens."""
+        now = self.train_file
+        keys = ("fingerprint", "bytes") if "fingerprint" in saved else ("path", "bytes")
+        changed = [k for k in keys if k in saved and saved[k] != now[k]]
+        if saved_tokens is not None and saved_tokens != len(self.train_tokens):
+            changed.append("tokens")
+        if changed:
+            raise ConfigError(
+                f"training data changed since the checkpoint ({saved_tokens} tokens in {saved.get('path')}, "
+                f"now {len(self.train_tokens)} in {now['path']}; differs in its {' and '.join(changed)}): the "
+                f"data order would not continue"
+            )
 
     def checkpoint_meta(self, meter: Meter, guard: DivergenceGuard, best: dict) -> dict:
         """Everything besides params/opt_state that continuing bit for bit needs (data order = seed + step)."""

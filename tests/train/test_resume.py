@@ -344,6 +344,12 @@ def test_resume_refuses_when_the_training_data_changed(config_file, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "training data changed" in err and "20000" in err and "30000" in err
     assert (tmp_path / "runs" / "run" / "metrics.csv").read_text() == before  # nothing rewritten
+    write_tokens(tmp_path / "train.npy", 20_000, seed=1)  # rewritten in place: same path, size and count
+    assert resume(tmp_path / "runs" / "run", "--set", "max_iterations=12") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "training data changed" in err and "fingerprint" in err, err
+    write_tokens(tmp_path / "train.npy", 20_000)  # the original content again: it continues
+    assert resume(tmp_path / "runs" / "run", "--set", "max_iterations=8") == EXIT_OK
 
 
 @pytest.mark.slow
