@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -159,6 +160,56 @@ def exit_on_signal(what: str, cleanup: Callable[[], None] | None = None, outcome
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class ChildStops:
+    """Stop signals of a command that runs jaxlm commands as children, one at a time (the sweep's points).
+
+    Inside the block, a SIGINT, SIGTERM or SIGHUP sent to this process (Ctrl-C, `kill PID`, a closed
+    terminal) is passed once to the running child's process group, so the child saves a checkpoint and
+    stops (a second signal aborts it, as for a launch); `received` names the first, and the caller starts
+    nothing more. Each child runs in its own process group (a Ctrl-C reaches it only through this
+    process, never twice) and, on Linux, is sent SIGTERM should this process die without passing a
+    signal on (`kill -9`): no child trains on as an orphan."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.child: subprocess.Popen | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> ChildStops:
+        from jaxlm.errors import STOP_SIGNALS
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = self.received or signal.Signals(signum).name
+        if self.child is not None and self.child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, signum)
+
+    def run(self, command: list[str]) -> int:
+        """Run `command` to its end (its output goes straight to this process's); its exit code."""
+        self.child = subprocess.Popen(command, process_group=0, preexec_fn=_stop_with_parent)
+        try:
+            return self.child.wait()
+        finally:
+            self.child = None
+
+
+def _stop_with_parent() -> None:
+    """In a child, before it runs: SIGTERM when its parent dies (Linux's PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def describe_process() -> str:

@@ -25,13 +25,12 @@ import argparse
 import itertools
 import json
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from jaxlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
-from jaxlm.runtime import CommandParser, run_command
+from jaxlm.runtime import ChildStops, CommandParser, run_command
 from jaxlm.tracking import runlock, sweep_report
 from jaxlm.tracking.fmt import write_json, write_text
 from jaxlm.tracking.outputs import OutputError
@@ -84,30 +83,23 @@ def plan(point: GridPoint, base: str, output_dir: Path, *, quiet: bool, retry_fa
 Runner = Callable[[list[str]], int]
 
 
-def run_subprocess(command: list[str]) -> int:
-    """Run one point; its output goes straight to the terminal. Ctrl-C reaches it too (same
-    process group), so it can save a checkpoint before the sweep stops."""
-    proc = subprocess.Popen(command)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.wait()
-        raise
-
-
 def run_sweep(
     points: list[GridPoint],
     base: str,
     output_dir: Path,
     *,
-    runner: Runner = run_subprocess,
+    runner: Runner,
     quiet: bool = False,
     retry_failed: bool = False,
     say: Callable[[str], None] = print,
+    stop: ChildStops | None = None,
 ) -> dict[str, str]:
-    """Run every point in turn; {point name: status}. A point's failure never stops the sweep."""
+    """Run every point in turn; {point name: status}. A point's failure never stops the sweep; a stop
+    signal does (`stop.received`): the running point saves and stops, and no later point starts."""
     statuses: dict[str, str] = {}
     for i, point in enumerate(points, 1):
+        if stop is not None and stop.received:
+            break
         action, command = plan(point, base, output_dir, quiet=quiet, retry_failed=retry_failed)
         say(f"[{i}/{len(points)}] {point.name}: {action}")
         status = read_status(output_dir / point.name)
@@ -243,7 +235,7 @@ def report_only(args: argparse.Namespace, command: str) -> int:
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
+def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
     args = parse_args(argv)
     if args.report is not None:
         return report_only(args, shlex.join(["python", "-m", "jaxlm.sweep", *(sys.argv[1:] if argv is None else argv)]))
@@ -274,9 +266,6 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
             if command:
                 print("  " + shlex.join(command))
         return EXIT_OK
-
-    from jaxlm.tracking.explog import default_log_path
-
     if args.slurm:
         try:
             if (code := submit_to_slurm(args, points, prefix)) is not None:
@@ -284,15 +273,28 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
-    interrupted, outcomes = False, {}
-    try:
+    with ChildStops() as stop:  # to the end: a signal while the report is written waits for it
+        outcomes = {}
         if not args.slurm:
             outcomes = run_sweep(
-                points, args.config, args.output_dir, runner=runner, quiet=args.quiet, retry_failed=args.retry_failed
+                points,
+                args.config,
+                args.output_dir,
+                runner=runner or stop.run,
+                quiet=args.quiet,
+                retry_failed=args.retry_failed,
+                stop=stop,
             )
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\nsweep interrupted: run the same command again to resume it", file=sys.stderr)
+        return finish_sweep(args, argv, points, prefix, outcomes, stop.received)
+
+
+def finish_sweep(args, argv, points, prefix: str, outcomes: dict[str, str], stopped_by: str | None) -> int:
+    """The report, the log entry and the exit code: 0 when every point finished, 75 when a stop signal
+    ended the sweep (the same command resumes it), else 1."""
+    from jaxlm.tracking.explog import default_log_path
+
+    if stopped_by:
+        print(f"\nsweep stopped by {stopped_by}: run the same command again to resume it", file=sys.stderr)
     command = shlex.join(["python", "-m", "jaxlm.sweep", *(sys.argv[1:] if argv is None else argv)])
     log_path = None if args.no_experiment_log else (args.experiment_log or default_log_path(args.output_dir))
     report = sweep_report.write_report(
@@ -306,8 +308,9 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     )
     figures = ", ".join(str(p) for p in (report.png, report.by_value) if p is not None)
     print(f"\n{report.table}\nwrote {figures + ' and ' if figures else ''}{report.markdown}")
-    ok = not interrupted and all(s in FINAL_STATUSES for s in report.statuses.values())
-    return EXIT_OK if ok else EXIT_FAILED
+    if stopped_by:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if all(s in FINAL_STATUSES for s in report.statuses.values()) else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import pytest
 from helpers import REPO_ROOT, TINY_MODEL, shared_token_cache
 from jaxlm import bench, compare, evaluate, export, generate, launch, runs, sweep
 from jaxlm.data import __main__ as data_cli
-from jaxlm.errors import EXIT_ABORTED, EXIT_OK, EXIT_USAGE
+from jaxlm.errors import EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from jaxlm.tracking import runlock
 
 RUN = {**TINY_MODEL, "max_iterations": 10, "cosine_cycle_iters": 10, "eval_interval": 5, "checkpoint_interval": 5}
@@ -859,6 +859,31 @@ def test_user_text_never_breaks_a_record_and_a_long_one_costs_what_a_short_one_d
     assert compare.main([str(run), "--output", str(tmp_path / "cmp.png")]) == EXIT_OK
     assert max(len(line) for line in (tmp_path / "cmp.md").read_text().splitlines()) < 1_000
     capsys.readouterr()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killing_a_sweep_stops_its_point_with_a_checkpoint_and_leaves_no_orphan(tmp_path, sig):
+    """The signal goes to the sweep's process alone (`kill PID`), not to its process group. SIGTERM: the
+    sweep passes it on, the point saves and records why, no later point starts, the sweep exits 75.
+    SIGKILL: the point is sent SIGTERM as its parent dies, and saves and stops the same way."""
+    (tmp_path / "base.json").write_text(json.dumps({**RUN, "max_iterations": 100_000, "checkpoint_interval": 100_000}))
+    proc = cli("jaxlm.sweep", "--config", str(tmp_path / "base.json"), "--grid", "seed=1,2", "--name-prefix", "s",
+               "--output-dir", str(tmp_path / "runs"), "--quiet", "--no-experiment-log")  # fmt: skip
+    first = tmp_path / "runs" / "s_seed=1"
+    wait_for(lambda: logged_steps(first) >= 3, proc)
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=300)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == EXIT_INTERRUPTED and "sweep stopped by SIGTERM" in err, err
+    deadline = time.monotonic() + 300
+    while runlock.holder(first) is not None:  # the point's process has ended: nothing trains on
+        assert time.monotonic() < deadline, "the point kept running after its sweep was killed"
+        time.sleep(0.1)
+    summary = json.loads((first / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM", summary
+    assert summary["checkpoint_steps"] == [summary["steps"]]
+    assert not (tmp_path / "runs" / "s_seed=2").exists()
 
 
 def _big_text(path: Path, megabytes: int) -> None:
