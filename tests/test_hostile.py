@@ -870,7 +870,8 @@ def test_killing_a_sweep_stops_its_point_with_a_checkpoint_and_leaves_no_orphan(
     """The signal goes to the sweep's process alone (`kill PID`), not to its process group. SIGTERM: the
     sweep passes it on, the point saves and records why, no later point starts, the sweep exits 75.
     SIGKILL: the point is sent SIGTERM as its parent dies, and saves and stops the same way."""
-    (tmp_path / "base.json").write_text(json.dumps({**RUN, "max_iterations": 100_000, "checkpoint_interval": 100_000}))
+    long = {"max_iterations": 100_000, "checkpoint_interval": 100_000, "eval_interval": 100_000}  # no best-val save
+    (tmp_path / "base.json").write_text(json.dumps({**RUN, **long}))
     proc = cli("jaxlm.sweep", "--config", str(tmp_path / "base.json"), "--grid", "seed=1,2", "--name-prefix", "s",
                "--output-dir", str(tmp_path / "runs"), "--quiet", "--no-experiment-log")  # fmt: skip
     first = tmp_path / "runs" / "s_seed=1"

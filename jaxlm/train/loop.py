@@ -85,11 +85,13 @@ class TrainingLoop:
             loop = self._start_loop(tracker)
             with jax.default_device(self.device):
                 while self.step < self.c.max_iterations:
+                    stop.raise_if_aborted()
                     if not self._train_one_step(loop, stop):
                         break
                 loop.meter.drain(loop.guard)  # nothing is left unread after a decision step; kept for safety
                 loop.profiler.close()
                 self.checkpoints.close()  # waits for the async saves
+            stop.raise_if_aborted()
             stop.finishing = True  # all that is left is writing records: a signal now waits for them
             loop.bar.close()
             return self._finish(loop, stop)

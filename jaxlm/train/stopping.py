@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import threading
 
 from jaxlm.errors import STOP_SIGNALS
@@ -56,8 +57,16 @@ class DivergenceGuard:
         return False
 
 
+class Aborted(KeyboardInterrupt):
+    """The second stop signal: abort at once, without a checkpoint."""
+
+
 class StopSignals:
-    """Context manager: the first SIGTERM/SIGINT/SIGHUP sets `requested`; a second raises KeyboardInterrupt at once.
+    """Context manager: the first SIGTERM/SIGINT/SIGHUP sets `requested`; a second raises `Aborted` at once.
+
+    Python swallows an exception raised where the main thread runs a callback it cannot raise from
+    (a garbage-collection callback, a `__del__`) and prints it as "Exception ignored". Such an abort is
+    silenced instead and kept in `aborted`; the loop raises it at its next step (`raise_if_aborted`).
 
     Once `finishing` is set (the last step is done and saved; only the run's final records are left to
     write) a signal is noted in `late` and the records are finished: a completed run stays completed
@@ -75,6 +84,8 @@ class StopSignals:
         self._previous: dict = {}
         self.finishing = False
         self.late: str | None = None  # a signal that arrived while finishing
+        self.aborted: str | None = None  # the second signal's name
+        self._previous_hook = None
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
@@ -83,12 +94,22 @@ class StopSignals:
             log.warning("%s received while writing the run's final records: finishing them first", name)
             return
         if self.requested is not None:
-            raise KeyboardInterrupt(f"second stop signal ({name})")
+            self.aborted = name
+            raise Aborted(f"second stop signal ({name})")
         self.requested, self.signum = name, signum
         log.warning(
             "%s received: finishing this step, saving a checkpoint, then stopping (send it again to abort at once)",
             name,
         )
+
+    def raise_if_aborted(self) -> None:
+        """Raise the second signal's abort where it was swallowed (see the class docstring)."""
+        if self.aborted is not None:
+            raise Aborted(f"second stop signal ({self.aborted})")
+
+    def _unraisable(self, unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Aborted):
+            self._previous_hook(unraisable)
 
     @staticmethod
     def name(signum: int) -> str:
@@ -98,9 +119,12 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self._previous_hook is not None:
+            sys.unraisablehook, self._previous_hook = self._previous_hook, None

@@ -319,6 +319,29 @@ def test_second_signal_aborts_at_once():
     assert signal.getsignal(signal.SIGINT) is previous
 
 
+def test_a_second_signal_inside_a_callback_that_cannot_raise_aborts_at_the_next_step(monkeypatch):
+    """Python swallows an exception raised inside `__del__` or a gc callback (jax has one) and prints it as
+    "Exception ignored" with a traceback: the abort was lost and the traceback shown (seen in CI)."""
+    from jaxlm.train.stopping import Aborted, StopSignals
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside __del__
+
+    printed = []  # what Python would print as "Exception ignored ..."
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        SignalledWhileCollected()
+        assert stop.aborted == "SIGINT"
+        with pytest.raises(Aborted):
+            stop.raise_if_aborted()
+    assert printed == []
+    assert sys.unraisablehook == printed.append  # restored
+
+
 def test_divergence_guard_rules():
     from jaxlm.train.stopping import DivergenceGuard
 
