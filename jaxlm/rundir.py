@@ -230,7 +230,7 @@ def claim_run(run_dir: Path, *, resume: bool = False, overwrite: bool = False) -
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
     """The run's own config with `--set` overrides; ConfigError for a change of a key declared Identity[...]
-    in jaxlm/config.py (Safe and Layout keys may change)."""
+    in jaxlm/config/fields.py (Safe and Layout keys may change)."""
     run = RunDir(run_dir, "--resume")
     saved = config_values(run.raw_config())
     changes = dict(parse_override(o) for o in overrides)

@@ -40,7 +40,7 @@ def test_every_config_field_has_a_docstring():
     fields = gen.config_fields(gen.CONFIG_PY.read_text(encoding="utf-8"))
     assert [f.name for f in fields] == [f.name for f in dataclasses.fields(Config)]
     undocumented = [f.name for f in fields if not f.doc]
-    assert not undocumented, f"Config fields without a docstring in jaxlm/config.py: {', '.join(undocumented)}"
+    assert not undocumented, f"Config fields without a docstring in jaxlm/config/fields.py: {', '.join(undocumented)}"
 
 
 def test_the_generator_reads_types_defaults_docstrings_and_sections():

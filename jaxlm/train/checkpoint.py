@@ -153,7 +153,7 @@ def choose_step(mngr: ocp.CheckpointManager, which: str | int, run_dir: str | Pa
 
 
 def identity(c: Config) -> dict[str, Any]:
-    """The config values a checkpoint must be resumed with (the keys declared Identity[...] in jaxlm/config.py),
+    """The config values a checkpoint must be resumed with (the keys declared Identity[...] in jaxlm/config/fields.py),
     for its meta."""
     values = c.to_dict()
     # as the checkpoint's JSON meta holds them (a tuple reads back as a list), so the two compare equal
