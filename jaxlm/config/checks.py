@@ -12,9 +12,10 @@ if TYPE_CHECKING:
 
 POSITIVE_INT_KEYS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
                      "max_iterations", "log_interval", "eval_interval", "checkpoint_interval", "eval_batches",
-                     "keep_checkpoints", "grad_accum_steps", "d_ff")  # fmt: skip
-NON_NEGATIVE_KEYS = ("seed", "warmup_iters", "weight_decay", "sample_tokens")
-POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps", "divergence_factor")
+                     "keep_checkpoints", "grad_accum_steps", "d_ff", "muon_ns_steps")  # fmt: skip
+NON_NEGATIVE_KEYS = ("seed", "warmup_iters", "weight_decay", "sample_tokens", "z_loss")
+POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps", "divergence_factor",
+                       "muon_learning_rate", "logit_softcap")  # fmt: skip
 MAX_EVAL_BATCHES = 10_000  # each is kept on the device for the whole run
 MAX_SAMPLE_TOKENS = 4096  # a sample is a glance at the model at each eval, not a generation job
 
@@ -26,7 +27,7 @@ def validate(c: Config) -> None:
             raise ConfigError(f"config key '{key}': must be positive, got {getattr(c, key)}")
     for key in POSITIVE_FLOAT_KEYS:
         value = getattr(c, key)
-        if not (value > 0 and math.isfinite(value)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"config key '{key}': must be a positive number, got {value}")
     if c.d_model % c.num_heads:
         raise ConfigError(f"config key 'd_model': {c.d_model} is not divisible by num_heads={c.num_heads}")
@@ -50,7 +51,7 @@ def validate(c: Config) -> None:
         raise ConfigError(
             f"config key 'cosine_cycle_iters': {c.cosine_cycle_iters} is below warmup_iters={c.warmup_iters}"
         )
-    for key in ("beta1", "beta2"):
+    for key in ("beta1", "beta2", "muon_momentum"):
         if not 0 <= getattr(c, key) < 1:
             raise ConfigError(f"config key '{key}': must be in [0, 1), got {getattr(c, key)}")
     if c.init_from is not None and (problem := file_problem(c.init_from)):

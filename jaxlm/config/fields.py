@@ -148,10 +148,34 @@ class Config:
     """Ablation: pre-norm `x + f(norm(x))` or post-norm `norm(x + f(x))`."""
     position_embedding: Identity[Literal["rope", "none"]] = "rope"
     """Ablation: RoPE or no position information (NoPE; causal masking is the only position signal)."""
-    ffn: Identity[Literal["swiglu", "silu"]] = "swiglu"
-    """Ablation: SwiGLU `w2(silu(w1 x) * w3 x)` or SiLU `w2(silu(w1 x))`."""
+    ffn: Identity[Literal["swiglu", "silu", "relu2"]] = "swiglu"
+    """Ablation: SwiGLU `w2(silu(w1 x) * w3 x)`, SiLU `w2(silu(w1 x))` or squared ReLU `w2(relu(w1 x)^2)`
+    (a leaderboard switch, docs/leaderboard.md)."""
     tie_embeddings: Identity[bool] = False
     """Ablation: reuse the token embedding as the LM head."""
+
+    # --- leaderboard switches (docs/leaderboard.md); defaults are the CS336 baseline ---
+    qk_norm: Identity[bool] = False
+    """RMSNorm (with a learned gain per head dimension) of each head's queries and keys, before RoPE."""
+    logit_softcap: Identity[float | None] = None
+    """Soft-cap the logits at `c`: `c * tanh(z / c)`, in training, evaluation and generation; null = off."""
+    zero_init_output: Identity[bool] = False
+    """Start the attention output projections and the FFN down projections (`w2`) at zero, so every block
+    starts as the identity."""
+    z_loss: Identity[float] = 0.0
+    """Coefficient of the z-loss `mean(logsumexp(logits)^2)` added to the training objective (logged as
+    `z_loss`); the reported and compared `loss` is the cross-entropy alone. 0 = off."""
+    optimizer: Identity[Literal["adamw", "muon"]] = "adamw"
+    """`"adamw"`: CS336's AdamW for every parameter. `"muon"`: Muon (`optax.contrib.muon`) for the blocks'
+    hidden matrices (attention q/k/v/output, FFN); CS336's AdamW (`learning_rate`, `beta1`, `beta2`,
+    `adam_eps`) for the embedding, the LM head and the norm gains. `weight_decay` applies to both, times
+    each one's scheduled rate."""
+    muon_learning_rate: Identity[float] = 0.02
+    """Muon's peak learning rate; it follows the same warmup and cosine as `learning_rate`, scaled to this peak."""
+    muon_momentum: Identity[float] = 0.95
+    """Muon's momentum (Nesterov), in [0, 1)."""
+    muon_ns_steps: Identity[int] = 5
+    """Newton-Schulz iterations that orthogonalize Muon's update."""
 
     # --- kernels ---
     attention: Layout[Literal["auto", "cudnn", "jaxlm"]] = "auto"
@@ -173,10 +197,10 @@ class Config:
 
     @property
     def ffn_dim(self) -> int:
-        """d_ff, or the CS336 default for the chosen FFN when d_ff is null."""
+        """d_ff, or the CS336 default for the chosen FFN when d_ff is null (4 d_model for the two-matrix ones)."""
         if self.d_ff is not None:
             return self.d_ff
-        if self.ffn == "silu":
+        if self.ffn in ("silu", "relu2"):
             return 4 * self.d_model
         return max(64, int(round(8 * self.d_model / 3 / 64)) * 64)
 

@@ -9,6 +9,12 @@ whose epsilon sits after the correction; the difference is tiny but a
 transcription test of Algorithm 1 should hold to float precision. Weight decay is
 decoupled and uses the scheduled rate: theta -= lr_t * lambda * theta, applied to
 the parameters as they were before this step (as torch.optim.AdamW does).
+
+`optimizer: "muon"` (a leaderboard switch, docs/leaderboard.md) splits the parameters in two:
+the blocks' hidden matrices go to `optax.contrib.muon` (momentum orthogonalised by Newton-Schulz),
+everything else (the embedding, the LM head, the norm gains) to the AdamW above, exactly as the
+baseline trains it. Muon's own AdamW branch is left empty: it would be optax's Nesterov AdamW, a
+different optimizer from the baseline's.
 """
 
 from __future__ import annotations
@@ -70,8 +76,35 @@ def cs336_adamw(
     return optax.GradientTransformation(init, update)
 
 
-def build_optimizer(c: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.clip_by_global_norm(c.grad_clip),
-        cs336_adamw(schedule, c.beta1, c.beta2, c.adam_eps, c.weight_decay),
+MUON, ADAMW = "muon", "adamw"
+
+
+def _is_hidden_matrix(path: tuple, leaf: jax.Array) -> bool:
+    """A block's 2-D weight (attention q/k/v/output, FFN w1/w2/w3): what Muon orthogonalises."""
+    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
+    return leaf.ndim == 2 and "layers" in keys
+
+
+def parameter_groups(params: optax.Params) -> optax.Params:
+    """The tree of "muon" / "adamw" labels `optimizer: "muon"` gives the parameters (`_is_hidden_matrix`)."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: MUON if _is_hidden_matrix(p, x) else ADAMW, params)
+
+
+def muon(c: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """optax.contrib.muon for the hidden matrices only (every leaf it is given is one), at `muon_learning_rate`
+    on the run's schedule: update n (0-based here, as optax counts) uses the rate AdamW's update n + 1 uses."""
+    scale = c.muon_learning_rate / c.learning_rate
+    return optax.contrib.muon(
+        learning_rate=lambda n: scale * schedule(n + 1),
+        ns_steps=c.muon_ns_steps,
+        beta=c.muon_momentum,
+        weight_decay=c.weight_decay,
+        nesterov=True,
     )
+
+
+def build_optimizer(c: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    adamw = cs336_adamw(schedule, c.beta1, c.beta2, c.adam_eps, c.weight_decay)
+    if c.optimizer == MUON:
+        adamw = optax.partition({MUON: muon(c, schedule), ADAMW: adamw}, parameter_groups)
+    return optax.chain(optax.clip_by_global_norm(c.grad_clip), adamw)

@@ -167,3 +167,13 @@ def test_launch_rejects_a_mesh_that_does_not_fit_before_writing(tmp_path, cache_
     assert code == 2
     assert "mesh_data" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_muon_on_an_fsdp_mesh_matches_one_device(cache_dir):
+    """Muon's Newton-Schulz matmuls on FSDP-sharded matrices and momenta: the same losses as one device."""
+    reference, reference_val = train_here(optimizer="muon")
+    out = run_worker({"muon": {"mesh_data": 2, "mesh_fsdp": 2, "optimizer": "muon"}}, cache_dir, 4)
+    assert out["muon"]["w1_spec"] == [None, "fsdp"]
+    assert_close(out["muon"]["losses"], reference, rtol=1e-4)
+    assert_close(out["muon"]["val_loss"], reference_val, rtol=1e-4)
