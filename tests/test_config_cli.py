@@ -234,6 +234,28 @@ def test_dry_run_on_tinystories_17m_reports_about_17m_non_embedding_params(tmp_p
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 
+@pytest.mark.parametrize("year, seconds", [(2025, 5400), (2026, 2700)])
+def test_dry_run_of_a_leaderboard_config_sizes_it_for_both_gpus(tmp_path, capsys, year, seconds):
+    """The GPU config sized on a machine without the GPU (device=null): parameters, memory against an 80 GB
+    and a 180 GB GPU, and the steps its budget holds at the stated tokens/s."""
+    config = REPO_ROOT / "configs" / f"leaderboard_{year}.json"
+    argv = ["--config", str(config), "--set", "device=null", "--dry-run", "--output-dir", str(tmp_path)]
+    assert launch.main(argv) == 0
+    out = capsys.readouterr().out
+    resolved = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    assert (resolved["context_length"], resolved["vocab_size"], resolved["dtype"]) == (512, 32000, "bfloat16")
+    assert resolved["optimizer"] == "muon" and resolved["final_eval"] == "full"
+    assert resolved["max_wallclock_seconds"] == seconds and resolved["schedule_by"] == "wallclock"
+    assert re.search(r"of an 80 GB GPU \(H100\), \d+% of a 180 GB GPU \(B200\)", out), out
+    for gpu in ("H100", "B200"):
+        m = re.search(
+            rf"budget {seconds} s on one {gpu} at 40% of its bf16 peak: ([\d,]+) tokens/s, about ([\d,]+) steps", out
+        )
+        tokens_s, steps = (int(g.replace(",", "")) for g in m.groups())
+        assert steps == int(tokens_s * seconds / (64 * 512)) or abs(steps - tokens_s * seconds / 32768) < 2
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_dry_run_shows_overrides_and_description(tmp_path, capsys):
     cfg = write_config(tmp_path / "ok.json")
     code = launch.main(

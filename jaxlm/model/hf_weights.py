@@ -10,7 +10,8 @@ one difference: CS336's RoPE rotates adjacent pairs (x[2j], x[2j+1]) while HF Ll
 rotates the halves (x[j], x[j + d/2]), both at frequency theta^(-2j/d). Permuting each
 head's q and k projection rows (even rows first, then odd ones) turns one into the other;
 q.k is unchanged because q and k get the same permutation. Ablations Llama cannot express
-(no norm, post-norm, NoPE, the SiLU FFN) are refused with the config key named.
+(no norm, post-norm, NoPE, the SiLU and squared-ReLU FFNs, QK-norm, logit soft-capping) are refused
+with the config key named.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ LAYER_NAMES = {
     "ln2.weight": "post_attention_layernorm.weight",
 }
 # What Llama cannot express: config key -> the value it would need.
-LLAMA_NEEDS = {"norm": "rmsnorm", "norm_position": "pre", "position_embedding": "rope", "ffn": "swiglu"}
+LLAMA_NEEDS = {
+    "norm": "rmsnorm",
+    "norm_position": "pre",
+    "position_embedding": "rope",
+    "ffn": "swiglu",
+    "qk_norm": False,
+    "logit_softcap": None,
+}
 
 
 def check_llama_compatible(config: Config) -> None:

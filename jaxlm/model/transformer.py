@@ -1,4 +1,5 @@
-"""The CS336 assignment-1 transformer in Flax NNX, with its section-7 ablation switches.
+"""The CS336 assignment-1 transformer in Flax NNX, with its section-7 ablation switches and the
+leaderboard switches (QK-norm, squared-ReLU FFN, logit soft-cap, zero-initialised output projections).
 
 Weights are stored float32 and cast to the compute dtype at use; norms, softmax
 and logits are computed in float32 whatever the compute dtype. Linear weights
@@ -49,6 +50,20 @@ class RMSNorm(nnx.Module):
         return (y * self.weight[...]).astype(x.dtype)
 
 
+def zeroed(layer: Linear) -> Linear:
+    """`layer` with its weight replaced by zeros. The random weight is drawn first all the same, so the
+    rng stream (and every other weight's init) is the same whether a block's outputs start at zero or not."""
+    layer.weight = nnx.Param(jnp.zeros_like(layer.weight[...]))
+    return layer
+
+
+def cap_logits(z: jax.Array, cap: float | None) -> jax.Array:
+    """`cap * tanh(z / cap)` in float32 (logits bounded to (-cap, cap), near-identity for |z| << cap); None = z."""
+    if cap is None:
+        return z
+    return cap * jnp.tanh(z.astype(jnp.float32) / cap)
+
+
 def einsum_f32(eq: str, a: jax.Array, b: jax.Array) -> jax.Array:
     """einsum of compute-dtype operands accumulated into and returned as float32 (attention scores,
     logits), whose backward pass still runs as compute-dtype matmuls rather than float32 ones."""
@@ -88,12 +103,19 @@ def apply_rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, theta: float) -> ja
 
 
 class Attention(nnx.Module):
+    """Multi-head causal self-attention; with `qk_norm`, each head's queries and keys are RMS-normed
+    (`q_norm`, `k_norm`: gains of size head_dim) after the head split and before RoPE."""
+
     def __init__(self, c: Config, *, rngs: nnx.Rngs):
         d = c.d_model
         self.q_proj = Linear(d, d, dtype=c.dtype, rngs=rngs)
         self.k_proj = Linear(d, d, dtype=c.dtype, rngs=rngs)
         self.v_proj = Linear(d, d, dtype=c.dtype, rngs=rngs)
         self.output_proj = Linear(d, d, dtype=c.dtype, rngs=rngs)
+        if c.zero_init_output:
+            zeroed(self.output_proj)
+        self.q_norm = RMSNorm(c.head_dim) if c.qk_norm else None
+        self.k_norm = RMSNorm(c.head_dim) if c.qk_norm else None
         self.num_heads = c.num_heads
         self.rope_theta = c.rope_theta if c.position_embedding == "rope" else None
         self.implementation = c.attention
@@ -102,6 +124,8 @@ class Attention(nnx.Module):
         b, t, d = x_BxTxD.shape
         split = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)
         q, k, v = split(self.q_proj(x_BxTxD)), split(self.k_proj(x_BxTxD)), split(self.v_proj(x_BxTxD))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_theta is not None:
             q, k = apply_rope(q, positions_T, self.rope_theta), apply_rope(k, positions_T, self.rope_theta)
         return q, k, v
@@ -113,14 +137,19 @@ class Attention(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-    """SwiGLU `w2(silu(w1 x) * w3 x)`, or the SiLU ablation `w2(silu(w1 x))`."""
+    """SwiGLU `w2(silu(w1 x) * w3 x)`, the SiLU ablation `w2(silu(w1 x))`, or squared ReLU `w2(relu(w1 x)^2)`."""
 
     def __init__(self, c: Config, *, rngs: nnx.Rngs):
         self.w1 = Linear(c.d_model, c.ffn_dim, dtype=c.dtype, rngs=rngs)
         self.w2 = Linear(c.ffn_dim, c.d_model, dtype=c.dtype, rngs=rngs)
+        if c.zero_init_output:
+            zeroed(self.w2)
         self.w3 = Linear(c.d_model, c.ffn_dim, dtype=c.dtype, rngs=rngs) if c.ffn == "swiglu" else None
+        self.squared_relu = c.ffn == "relu2"
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.squared_relu:
+            return self.w2(jnp.square(jax.nn.relu(self.w1(x))))
         h = jax.nn.silu(self.w1(x))
         if self.w3 is not None:
             h = h * self.w3(x)
@@ -167,6 +196,7 @@ class Transformer(nnx.Module):
         self.ln_final = make_norm(c)
         self.lm_head = None if c.tie_embeddings else Linear(c.d_model, c.vocab_size, dtype=c.dtype, rngs=rngs)
         self.dtype = c.dtype
+        self.logit_softcap = c.logit_softcap  # static: the cap is part of the compiled function
         self.context_length = c.context_length  # longest sequence it was trained on
 
     def embed(self, ids_BxT: jax.Array) -> jax.Array:
@@ -181,8 +211,10 @@ class Transformer(nnx.Module):
         return self.ln_final(x_BxTxD).astype(self.dtype)
 
     def logits(self, x_BxTxD: jax.Array) -> jax.Array:
-        """The head matmul runs in the compute dtype but accumulates and returns float32 (no bf16 logits)."""
-        return einsum_f32("btd,dv->btv", self.head_input(x_BxTxD), self.head_weight().astype(self.dtype))
+        """The head matmul runs in the compute dtype but accumulates and returns float32 (no bf16 logits),
+        soft-capped when `logit_softcap` is set (the chunked loss, jaxlm.model.loss, caps the same way)."""
+        z = einsum_f32("btd,dv->btv", self.head_input(x_BxTxD), self.head_weight().astype(self.dtype))
+        return cap_logits(z, self.logit_softcap)
 
     def trunk(self, ids_BxT: jax.Array) -> jax.Array:
         """Token ids (B, T) -> the last block's output (B, T, d_model), before the final norm and head."""

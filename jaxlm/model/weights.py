@@ -9,7 +9,9 @@ saved from a CS336 PyTorch model) back into jaxlm params, so training can go on 
 
 jaxlm keeps linear weights as (d_in, d_out); they are transposed on the way out and in.
 A tied-embedding model is written with `lm_head.weight` = the embedding, so an
-untied PyTorch model loads it unchanged.
+untied PyTorch model loads it unchanged. With `qk_norm` each layer also holds the 1-D gains
+`layers.{i}.attn.q_norm.weight` and `layers.{i}.attn.k_norm.weight` (head_dim each); a model
+with `logit_softcap` or `qk_norm` needs those keys (model.json records them) to compute the same logits.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ MODEL_KEYS = (
     "position_embedding",
     "ffn",
     "tie_embeddings",
-)
+    "qk_norm",
+    "logit_softcap",
+)  # what the function computed depends on (init-only and training-only keys are left out)
 
 
 def torch_name(path: tuple) -> str:

@@ -31,6 +31,7 @@ METRIC_COLUMNS = (
     "grad_norm",
     "tokens_per_sec",
     "mfu",
+    "z_loss",  # the z-loss term's mean logsumexp^2 (config z_loss > 0); empty otherwise
 )
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 # keys the tracker writes into config.json beside the run's config (jaxlm.config.RUN_METADATA_KEYS

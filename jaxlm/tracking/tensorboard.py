@@ -23,6 +23,7 @@ SCALAR_TAGS = {
     "grad_norm": "train/grad_norm",
     "tokens_per_sec": "perf/tokens_per_sec",
     "mfu": "perf/mfu",
+    "z_loss": "train/z_loss",
 }
 # summary field -> hparams metric tag (written as scalars at the final step, so the HParams tab has values)
 FINAL_METRIC_TAGS = {

@@ -9,7 +9,7 @@ def param_counts(c: Config) -> dict[str, int]:
     """{"total", "embedding", "non_embedding"}; non-embedding includes the LM head (as CS336 counts)."""
     d, f = c.d_model, c.ffn_dim
     norm = d if c.norm == "rmsnorm" else 0
-    attn = 4 * d * d
+    attn = 4 * d * d + (2 * c.head_dim if c.qk_norm else 0)
     ffn = (3 if c.ffn == "swiglu" else 2) * d * f
     per_layer = attn + ffn + 2 * norm
     embedding = c.vocab_size * d

@@ -9,17 +9,19 @@ Its coefficients were fitted to XLA's buffer assignment of the real compiled ste
 to sit at or a little above what XLA plans, not at a worst case. Byte counts, for P parameters,
 b rows per micro-batch (batch_size / grad_accum_steps), B = batch_size, T, d, d_ff, H, V, L:
 
-* params_and_optimizer: float32 params, gradients and AdamW's two moments, 16 P; 4 P more for the
+* params_and_optimizer: float32 params, gradients and AdamW's two moments, 16 P (Muon keeps one
+  moment for the matrices it trains, so for `optimizer: "muon"` this errs high); 4 P more for the
   gradient accumulator when grad_accum_steps > 1; 2 P more in bfloat16 (the weights' bf16 copies).
   The eval step holds 12 P (no gradients or accumulator).
 * activations kept for the backward pass: 4 L b T (14 d + a d_ff + 1.25 H T), i.e. per layer and
   token about fourteen float32 values per model dimension (residuals, norms, q/k/v before and after
-  RoPE, attention output, projections), a = 4 per FFN dimension for SwiGLU (w1, w3, SiLU, product;
-  a = 2.5 for the SiLU ablation, which has no w3), and a T-long row of float32 scores and a quarter
-  per head (the blockwise scores of forward and backward). bfloat16 counts the same: XLA:CPU
-  computes bf16 element-wise work in float32, so its activations take no less memory there; a GPU
-  keeps them in bf16 and runs cuDNN attention without T x T scores, so there the estimate should
-  err high. The eval step keeps no activations across layers: one layer's 4 B T (d + d_ff + H T).
+  RoPE, attention output, projections; two more with `qk_norm`), a = 4 per FFN dimension for SwiGLU
+  (w1, w3, SiLU, product; a = 2.5 for SiLU and ReLU², which have no w3), and a T-long row of
+  float32 scores and a quarter per head (the blockwise scores of forward and backward). bfloat16
+  counts the same: XLA:CPU computes bf16 element-wise work in float32, so its activations take no
+  less memory there; a GPU keeps them in bf16 and runs cuDNN attention without T x T scores, so
+  there the estimate should err high. The eval step keeps no activations across layers: one
+  layer's 4 B T (d + d_ff + H T).
 * logits: 2.5 float32 copies of b x T x V in the train step (the logits, their gradient, the
   softmax's working buffers), one copy of B x T x V in the eval step.
 * eval_batches: the validation set, kept on the device: eval_batches x batch x context x 2 int32.
@@ -43,7 +45,8 @@ TOKENIZER_BYTES_PER_VOCAB = 4096
 FLOAT = 4  # bytes: activations, logits and optimizer state are counted as float32
 # Train-step activations per layer and token: coefficients of d_model, d_ff (by FFN) and H x T (see above).
 ACT_PER_D, ACT_PER_SCORE = 14, 1.25
-ACT_PER_FF = {"swiglu": 4, "silu": 2.5}
+ACT_PER_FF = {"swiglu": 4, "silu": 2.5, "relu2": 2.5}
+ACT_PER_QK_NORM = 2  # qk_norm: the normed q and k, per model dimension
 TRAIN_LOGIT_COPIES = 2.5
 DEVICE_PARTS = ("params_and_optimizer", "activations", "logits", "eval_batches")
 
@@ -51,7 +54,8 @@ DEVICE_PARTS = ("params_and_optimizer", "activations", "logits", "eval_batches")
 def _train_step(c: Config, params: int) -> dict[str, int]:
     b, t = c.batch_size // max(c.grad_accum_steps, 1), c.context_length
     state = 16 + (4 if c.grad_accum_steps > 1 else 0) + (2 if c.dtype == "bfloat16" else 0)
-    per_token = ACT_PER_D * c.d_model + ACT_PER_FF[c.ffn] * c.ffn_dim + ACT_PER_SCORE * c.num_heads * t
+    per_d = ACT_PER_D + (ACT_PER_QK_NORM if c.qk_norm else 0)
+    per_token = per_d * c.d_model + ACT_PER_FF[c.ffn] * c.ffn_dim + ACT_PER_SCORE * c.num_heads * t
     return {
         "params_and_optimizer": state * params,
         "activations": int(c.num_layers * b * t * per_token * FLOAT),

@@ -4,7 +4,10 @@ tokens/s with evaluation and checkpoint time excluded, MFU, and the training wal
 The loop runs ahead of the device: `record` keeps each step's metrics on the device, unread, and
 `drain` fetches all of them in one transfer at the steps where the loop must know them (log,
 evaluation, checkpoint and stop steps), judging every step's loss, so a divergence is reported
-with the step it happened at, at most `log_interval` steps late."""
+with the step it happened at, at most `log_interval` steps late.
+
+With a z-loss (`z_loss` > 0) each row also carries `z_loss`: the unscaled mean logsumexp^2 of the row's
+step, like `grad_norm` the latest step's value (it needs no window carried over a resume)."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class Meter:
         self.losses: list[float] = list(window_losses)  # train losses since the last logged row
         self.unread: list[tuple[int, dict]] = []  # (step, device metrics) recorded but not yet fetched
         self.grad_norm = float("nan")  # the latest fetched step's
+        self.z_loss = float("nan")  # the latest fetched step's, when the objective has a z-loss
         self.planned_lr: list[float] = []  # the schedule at steps 0, 1, ..., max_iterations (set by the loop)
         self.last_loss = float("nan")
         self.last_row: dict = {}  # the latest row logged
@@ -93,6 +97,8 @@ class Meter:
         fetched = jax.device_get([m for _, m in unread])
         for (step, _), m in zip(unread, fetched, strict=True):
             self.last_loss, self.grad_norm = float(m["loss"]), float(m["grad_norm"])
+            if "z_loss" in m:
+                self.z_loss = float(m["z_loss"])
             self.losses.append(self.last_loss)
             if guard is not None and not guard.check(step, self.last_loss, self.grad_norm):
                 self.log_row(step, None)
@@ -119,6 +125,7 @@ class Meter:
             "train_loss": float(np.mean(self.losses)) if self.losses else float("nan"),
             "learning_rate": self.learning_rate(step),
             "grad_norm": self.grad_norm,
+            **({"z_loss": self.z_loss} if c.z_loss > 0 else {}),
             **self.throughput(tok_s),
             **(evals or {}),
         }

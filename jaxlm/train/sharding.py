@@ -141,6 +141,7 @@ def compile_train_step(
         grad_accum_steps=c.grad_accum_steps,
         microbatch_sharding=layout.microbatches,
         loss_chunk=c.loss_chunk_tokens,
+        z_loss=c.z_loss,
     )
     jitted = jax.jit(
         step,

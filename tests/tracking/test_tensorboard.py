@@ -42,6 +42,7 @@ def write_run(tmp_path, steps=12, offset=0.0, tracker=None, first=1):
             "grad_norm": 0.1 * step,
             "tokens_per_sec": 1000.0 + step,
             "wallclock_s": float(step),
+            "z_loss": 20.0 + step,
         }
         if step % 4 == 0:
             row.update(val_loss=4.5 / step + offset, val_bpb=3.0 / step)
