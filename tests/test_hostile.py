@@ -424,6 +424,22 @@ CASES |= {  # an explicit damaged step is refused by every command that reads ch
     }.items()
 }
 
+CASES |= {  # the leaderboard switches (docs/leaderboard.md)
+    f"config-{key}-{label}": Case(
+        "launch", lambda w, f, kv={key: value}: new_run(w, {**RUN, **kv}), (f"'{key}'", *words)
+    )
+    for key, value, label, words in (
+        ("optimizer", "sgd", "unknown", ("'adamw', 'muon'",)),
+        ("muon_momentum", 1.0, "one", ("[0, 1)",)),
+        ("muon_learning_rate", 0, "zero", ("positive",)),
+        ("muon_ns_steps", 0, "zero", ("positive",)),
+        ("logit_softcap", -30, "negative", ("positive",)),
+        ("z_loss", -1e-4, "negative", (">= 0",)),
+        ("ffn", "relu3", "unknown", ("'relu2'",)),
+        ("qk_norm", "yes", "string", ("expected bool",)),
+    )
+}
+
 CASES |= {  # values that pass a type check but would fail later, inside JAX, numpy or the file system
     "config-seed-negative": Case("launch", lambda w, f: new_run(w, {**RUN, "seed": -1}), ("'seed'", ">= 0")),
     "config-seed-too-large": Case("launch", lambda w, f: new_run(w, {**RUN, "seed": 2**70}), ("'seed'", "at most")),
