@@ -35,8 +35,6 @@ POINTS = {
     "softcap": (QUICKSTART, ["logit_softcap=30"]),
     "zero_init": (QUICKSTART, ["zero_init_output=true"]),
     "z_loss": (QUICKSTART, ["z_loss=1e-4"]),
-    "tied": (QUICKSTART, ["tie_embeddings=true"]),
-    "decay_to_0": (QUICKSTART, ["min_learning_rate=0"]),
     "recipe": (RECIPE, []),
 }
 

@@ -433,6 +433,7 @@ CASES |= {  # the leaderboard switches (docs/leaderboard.md)
         ("muon_momentum", 1.0, "one", ("[0, 1)",)),
         ("muon_learning_rate", 0, "zero", ("positive",)),
         ("muon_ns_steps", 0, "zero", ("positive",)),
+        ("muon_weight_decay", -0.1, "negative", (">= 0",)),
         ("logit_softcap", -30, "negative", ("positive",)),
         ("z_loss", -1e-4, "negative", (">= 0",)),
         ("ffn", "relu3", "unknown", ("'relu2'",)),

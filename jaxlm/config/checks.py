@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 POSITIVE_INT_KEYS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
                      "max_iterations", "log_interval", "eval_interval", "checkpoint_interval", "eval_batches",
                      "keep_checkpoints", "grad_accum_steps", "d_ff", "muon_ns_steps")  # fmt: skip
-NON_NEGATIVE_KEYS = ("seed", "warmup_iters", "weight_decay", "sample_tokens", "z_loss")
+NON_NEGATIVE_KEYS = ("seed", "warmup_iters", "weight_decay", "sample_tokens", "z_loss", "muon_weight_decay")
 POSITIVE_FLOAT_KEYS = ("rope_theta", "learning_rate", "grad_clip", "adam_eps", "divergence_factor",
                        "muon_learning_rate", "logit_softcap")  # fmt: skip
 MAX_EVAL_BATCHES = 10_000  # each is kept on the device for the whole run

@@ -168,14 +168,16 @@ class Config:
     optimizer: Identity[Literal["adamw", "muon"]] = "adamw"
     """`"adamw"`: CS336's AdamW for every parameter. `"muon"`: Muon (`optax.contrib.muon`) for the blocks'
     hidden matrices (attention q/k/v/output, FFN); CS336's AdamW (`learning_rate`, `beta1`, `beta2`,
-    `adam_eps`) for the embedding, the LM head and the norm gains. `weight_decay` applies to both, times
-    each one's scheduled rate."""
+    `adam_eps`, `weight_decay`) for the embedding, the LM head and the norm gains."""
     muon_learning_rate: Identity[float] = 0.02
     """Muon's peak learning rate; it follows the same warmup and cosine as `learning_rate`, scaled to this peak."""
     muon_momentum: Identity[float] = 0.95
     """Muon's momentum (Nesterov), in [0, 1)."""
     muon_ns_steps: Identity[int] = 5
     """Newton-Schulz iterations that orthogonalize Muon's update."""
+    muon_weight_decay: Identity[float] = 0.0
+    """Muon's decoupled weight decay: each step scales its matrices by (1 - Muon's rate x this). Its own key,
+    since Muon's rate is ~10x AdamW's: the baseline's `weight_decay` there would decay ~10x harder."""
 
     # --- kernels ---
     attention: Layout[Literal["auto", "cudnn", "jaxlm"]] = "auto"

@@ -98,7 +98,7 @@ def muon(c: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
         learning_rate=lambda n: scale * schedule(n + 1),
         ns_steps=c.muon_ns_steps,
         beta=c.muon_momentum,
-        weight_decay=c.weight_decay,
+        weight_decay=c.muon_weight_decay,
         nesterov=True,
     )
 

@@ -21,7 +21,8 @@ from jaxlm.model.transformer import build_model
 from jaxlm.train.optim import build_optimizer, learning_rate_schedule, parameter_groups
 
 SHAPE = {"vocab_size": 300, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 4, "d_ff": 48}
-MUON = {**SHAPE, "optimizer": "muon", "max_iterations": 10, "warmup_iters": 2, "weight_decay": 0.1}
+MUON = {**SHAPE, "optimizer": "muon", "max_iterations": 10, "warmup_iters": 2, "weight_decay": 0.3,
+        "muon_weight_decay": 0.1}  # fmt: skip
 NS_COEFFS = (3.4445, -4.775, 2.0315)  # the quintic Newton-Schulz coefficients of Jordan's Muon
 
 
@@ -127,7 +128,9 @@ def test_a_muon_run_resumes_bit_for_bit(muon_config, tmp_path):
 def test_muon_needs_a_positive_rate_and_a_momentum_below_one():
     from jaxlm.errors import ConfigError
 
-    for bad in ({"muon_learning_rate": 0}, {"muon_momentum": 1.0}, {"muon_ns_steps": 0}, {"optimizer": "sgd"}):
+    bad_values = ({"muon_learning_rate": 0}, {"muon_momentum": 1.0}, {"muon_ns_steps": 0}, {"optimizer": "sgd"},
+                  {"muon_weight_decay": -0.1})  # fmt: skip
+    for bad in bad_values:
         with pytest.raises(ConfigError, match=next(iter(bad))):
             build_config({**SHAPE, **bad})
 
@@ -135,7 +138,7 @@ def test_muon_needs_a_positive_rate_and_a_momentum_below_one():
 def test_muon_keeps_the_matrices_orthogonal_scale():
     """A sanity check of the wiring, independent of the transcription: Muon's update of a matrix has
     singular values near one (times lr and the shape scale), whatever the gradient's scale."""
-    c = build_config({**MUON, "weight_decay": 0.0})
+    c = build_config({**MUON, "muon_weight_decay": 0.0})
     params = params_of(MUON)
     keys = iter(jax.random.split(jax.random.key(5), 64))
     for scale in (1e-6, 1e-3):
