@@ -115,6 +115,7 @@ def run_command(main: Callable[[], int]) -> None:
 
     reexec_with_host_tuning()
     enable_compilation_cache()
+    sys.unraisablehook = quiet_abandoned_readers(sys.unraisablehook)
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -126,6 +127,24 @@ def run_command(main: Callable[[], int]) -> None:
     if code == EXIT_ABORTED:
         os._exit(code)
     sys.exit(code)
+
+
+def quiet_abandoned_readers(hook: Callable) -> Callable:
+    """`hook` (sys.unraisablehook) without the noise of Orbax's and tensorstore's abandoned async readers:
+    when a read fails (a torn checkpoint's arrays), the readers still in flight post their results to an
+    event loop that is already closed, and Python would print each one's traceback ("Event loop is closed",
+    "Exception ignored in: <coroutine ...>") around the command's one error line, at any moment before
+    the process ends. Everything else goes to `hook`."""
+    import inspect
+
+    def quiet(unraisable) -> None:
+        closed_loop = isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+            unraisable.exc_value
+        )
+        if not (closed_loop or inspect.iscoroutine(unraisable.object)):
+            hook(unraisable)
+
+    return quiet
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,26 @@ def test_compilation_cache_goes_to_jaxlm_cache_dir_unless_jax_has_one(tmp_path):
     code = "import jax; from jaxlm.runtime import enable_compilation_cache as e; e()"
     code += "; print(jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)"
     assert run(JAXLM_CACHE_DIR=str(tmp_path)) == f"{tmp_path / 'xla'} 0"  # JAX imported first
+
+
+def test_abandoned_readers_are_quiet_and_everything_else_is_not():
+    """What a torn checkpoint's abandoned async readers raise where nothing can catch it is dropped; any
+    other unraisable exception still reaches the hook it was going to."""
+    from jaxlm.runtime import quiet_abandoned_readers
+
+    seen = []
+    quiet = quiet_abandoned_readers(seen.append)
+
+    async def reader():
+        pass
+
+    coroutine = reader()
+    unraisable = lambda e, obj=None: types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=None,  # noqa: E731
+                                                           err_msg=None, object=obj)  # fmt: skip
+    closed = unraisable(RuntimeError("Event loop is closed"))
+    abandoned = unraisable(RuntimeError("coroutine ignored GeneratorExit"), coroutine)
+    other = unraisable(ValueError("a real problem"))
+    for args in (closed, abandoned, other):
+        quiet(args)
+    coroutine.close()
+    assert seen == [other]
