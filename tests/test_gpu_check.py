@@ -172,8 +172,10 @@ def test_wheels_are_installed_first_and_a_spent_budget_skips_parts(tmp_path):
     assert p.returncode == 1, p.stdout + p.stderr
     assert "installed from " in p.stdout and "tensorboardx-0.0-py3-none-any.whl" in p.stdout
     rows = table_rows((out / "report.md").read_text())
-    # the env part may finish inside 10 s or not (machine load); nothing after it may run
+    # how far 10 s go depends on the machine (an idle one finished env and a train part inside them): every
+    # part that started was cut to what was left of the budget, and the budget ran out before the last part
     later = [r for r in rows if r[0] not in ("env", "total")]
-    assert later and all(r[4] in ("skipped", "timeout", "info") for r in later), rows
-    assert any(r[4] == "skipped" for r in later), rows
+    assert later and any(r[4] == "skipped" for r in later), rows
+    parts = [json.loads(line) for line in (out / "parts.jsonl").read_text().splitlines()]
+    assert all(part["limit"] <= 10 for part in parts if part.get("state", "skipped") != "skipped"), parts
     assert p.stderr.strip() == f"gpu_check: FAILED (logs in {out})"
