@@ -169,3 +169,20 @@ def write_tokens(path: Path, n: int, vocab: int = 256, seed: int = 0) -> Path:
     }
     meta_path(path).write_text(json.dumps(meta))
     return path
+
+
+def cached_logits(model, ids_BxT, prefill: int = 5) -> np.ndarray:
+    """Logits of `ids_BxT` through the KV cache: `prefill` tokens at once, then one token at a time to the
+    end of the window (what the tests compare with the full forward)."""
+    from flax import nnx
+
+    from jaxlm.model.decode import forward_cached, init_cache
+
+    b, t = ids_BxT.shape
+    step = nnx.jit(forward_cached)
+    logits, cache = step(model, ids_BxT[:, :prefill], init_cache(model, b, t), 0)
+    pieces = [np.asarray(logits)]
+    for pos in range(prefill, t):
+        logits, cache = step(model, ids_BxT[:, pos : pos + 1], cache, pos)
+        pieces.append(np.asarray(logits))
+    return np.concatenate(pieces, axis=1)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from helpers import cached_logits
 from jaxlm.generate import main
 from jaxlm.model.decode import Decoder, forward_cached, generate_batch, generate_ids, init_cache, sample_token
 from jaxlm.model.transformer import build_model
@@ -28,14 +29,7 @@ def test_cached_logits_equal_full_forward_at_every_position(tiny_config, ablatio
     ids_BxT = jax.random.randint(jax.random.key(1), (2, 16), 0, c.vocab_size)
     full_BxTxV = np.asarray(nnx.jit(lambda m, ids: m(ids))(model, ids_BxT))
 
-    # Prefill 5 tokens, then one token at a time to the end of the window.
-    step = nnx.jit(forward_cached)
-    logits, cache = step(model, ids_BxT[:, :5], init_cache(model, 2, 16), 0)
-    pieces = [np.asarray(logits)]
-    for pos in range(5, 16):
-        logits, cache = step(model, ids_BxT[:, pos : pos + 1], cache, pos)
-        pieces.append(np.asarray(logits))
-    cached_BxTxV = np.concatenate(pieces, axis=1)
+    cached_BxTxV = cached_logits(model, ids_BxT)  # prefill 5 tokens, then one at a time
     np.testing.assert_allclose(cached_BxTxV, full_BxTxV, atol=1e-5, rtol=1e-5)
 
 

@@ -13,9 +13,8 @@ import optax
 import pytest
 from flax import nnx
 
-from helpers import RecordingTracker
+from helpers import RecordingTracker, cached_logits
 from jaxlm.errors import UserError
-from jaxlm.model.decode import forward_cached, init_cache
 from jaxlm.model.hf_weights import check_llama_compatible, export_hf
 from jaxlm.model.loss import chunked_cross_entropy
 from jaxlm.model.transformer import RMS_EPS, Attention, FeedForward, build_model
@@ -308,13 +307,7 @@ def test_cached_logits_equal_full_forward_with_the_switches_on(tiny_config):
     x = ids(c)
     full = np.asarray(nnx.jit(lambda m, i: m(i))(model, x))
     assert np.abs(full).max() < c.logit_softcap
-    step = nnx.jit(forward_cached)
-    logits, cache = step(model, x[:, :5], init_cache(model, 2, 16), 0)
-    pieces = [np.asarray(logits)]
-    for pos in range(5, 16):
-        logits, cache = step(model, x[:, pos : pos + 1], cache, pos)
-        pieces.append(np.asarray(logits))
-    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(cached_logits(model, x), full, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- export
